@@ -1,0 +1,1 @@
+"""The enhanced chroot: pseudo-filesystems, safe guest paths, running commands."""

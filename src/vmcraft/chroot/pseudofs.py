@@ -1,0 +1,331 @@
+"""PseudoFSMounter: /proc, /dev and /sys inside the guest root, and gone after.
+
+Boot tools in a bare chroot fail ("cannot find a device for /", "cannot
+open /proc/self/mountinfo") or, worse, exit 0 having produced something
+incomplete. The mounter gives them the host's /proc, /dev and /sys for the
+length of a ``with`` block:
+
+* a target that is already a mount point is left alone and never unmounted,
+  which also makes mounters on the same root nest for free: hold one across
+  a batch of commands and the inner ones mount nothing;
+* targets are opened inside the root without following symlinks and the
+  mount is made through that fd (see :mod:`vmcraft.chroot.safepath`);
+* each new mount is made private at once, so unmounting it cannot
+  propagate to the host's own mounts;
+* on exit, processes still rooted in the guest are ended, then the mounts
+  come down in reverse order, retried with back-off while busy, lazily as
+  the last resort; and an error there never hides the block's own error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import tenacity
+
+from vmcraft import syscalls
+from vmcraft.chroot import reaper
+from vmcraft.chroot.mountinfo import MountCheck, MountProbe, make_probe, mount_ids
+from vmcraft.chroot.safepath import guest_components, open_guest_dir
+from vmcraft.errors import GuestRootError, MountError, UnmountError
+from vmcraft.host import require_privileges
+from vmcraft.log import get_logger, ms_since
+from vmcraft.signals import deferred_signals
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PseudoFS:
+    """One filesystem to provide inside the guest root."""
+
+    target: str
+    """Where, relative to the guest root (``proc``, ``dev/pts``)."""
+    source: str
+    """A host path to bind, or the source name for a fresh mount."""
+    fstype: str | None = None
+    """``None`` for a bind mount, else the type of a fresh mount."""
+    flags: int = 0
+    data: str | None = None
+
+    @property
+    def is_bind(self) -> bool:
+        return self.fstype is None
+
+
+PROC = PseudoFS("proc", "/proc")
+DEV = PseudoFS("dev", "/dev")
+SYS = PseudoFS("sys", "/sys")
+DEV_PTS = PseudoFS("dev/pts", "/dev/pts")
+# The host's /run holds the host's sockets (systemd, dbus, udev): the guest
+# gets an empty private tmpfs instead, as mkosi and arch-chroot's users do.
+RUN = PseudoFS("run", "tmpfs", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
+# efivarfs lets grub-install/bootctl in the guest rewrite the *host's* NVRAM.
+# It is only mounted when a caller names it.
+EFIVARS = PseudoFS(
+    "sys/firmware/efi/efivars",
+    "efivarfs",
+    "efivarfs",
+    syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+)
+
+DEFAULT_TARGETS: tuple[PseudoFS, ...] = (PROC, DEV, SYS)
+EXTRA_TARGETS: dict[str, PseudoFS] = {fs.target: fs for fs in (DEV_PTS, RUN, EFIVARS)}
+EXTRA_TARGETS["efivarfs"] = EFIVARS
+
+# Busy unmounts: about 3 s of back-off in all before the lazy last resort.
+_UNMOUNT_ATTEMPTS = 8
+_UNMOUNT_WAIT = tenacity.wait_exponential(multiplier=0.025, max=0.8)
+
+
+def resolve_targets(extra: Iterable[str | PseudoFS]) -> tuple[PseudoFS, ...]:
+    """The default three, then each extra (by name or spec) in the order given."""
+    chosen = list(DEFAULT_TARGETS)
+    for item in extra:
+        if isinstance(item, PseudoFS):
+            fs = item
+        else:
+            key = item.strip("/")
+            if key not in EXTRA_TARGETS:
+                known = ", ".join(sorted(EXTRA_TARGETS))
+                raise ValueError(f"unknown pseudo-filesystem {item!r} (known: {known})")
+            fs = EXTRA_TARGETS[key]
+        guest_components(fs.target)
+        if fs not in chosen:
+            chosen.append(fs)
+    return tuple(chosen)
+
+
+def guest_root_path(root: str | os.PathLike[str]) -> Path:
+    """Canonical host path of a guest root, refusing ones that cannot be."""
+    path = Path(os.path.realpath(root))
+    if not path.is_dir():
+        raise GuestRootError(f"guest root {os.fspath(root)!r} is not a directory")
+    if path == Path("/"):
+        raise GuestRootError("the guest root resolves to the host's own root directory")
+    return path
+
+
+@dataclass
+class _Mounted:
+    fs: PseudoFS
+    path: Path
+    mount_id: int
+
+
+class PseudoFSMounter:
+    """Context manager providing /proc, /dev, /sys (and extras) in a guest root.
+
+    ``timings`` holds the duration in ms of each phase (``mount proc``,
+    ``mount dev``, ``mount sys``, ..., ``unmount``); ``mounted`` and
+    ``skipped`` name what this mounter did and what it found already there.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        extra: Sequence[str | PseudoFS] = (),
+        check: MountCheck | str = MountCheck.MOUNTPOINT,
+        grace: float = 2.0,
+    ) -> None:
+        self.root = guest_root_path(root)
+        self.targets = resolve_targets(extra)
+        self.check = MountCheck(check)
+        self.grace = grace
+        self.timings: dict[str, float] = {}
+        self.mounted: list[str] = []
+        self.skipped: list[str] = []
+        self._stack: ExitStack | None = None
+        self._ours: list[_Mounted] = []
+
+    def __repr__(self) -> str:
+        state = "held" if self._stack is not None else "idle"
+        return (
+            f"<PseudoFSMounter {str(self.root)!r} {state} "
+            f"mounted={self.mounted} skipped={self.skipped}>"
+        )
+
+    def __enter__(self) -> PseudoFSMounter:
+        if self._stack is not None:
+            raise RuntimeError("PseudoFSMounter is not reentrant; nest a new one instead")
+        require_privileges("bind-mounting /proc, /dev and /sys")
+        probe = make_probe(self.check)
+        self.timings = {}
+        self.mounted = []
+        self.skipped = []
+        self._ours = []
+        with ExitStack() as stack:
+            # Runs after every unmount: a guest process may have stacked a
+            # mount on one of ours, and umount only takes the top one.
+            stack.callback(self._sweep)
+            root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for fs in self.targets:
+                    self._mount_one(stack, probe, root_fd, fs)
+            finally:
+                os.close(root_fd)
+            # Registered last, so it runs first on exit: nothing may still
+            # run in the guest while its mounts come down. A mounter that
+            # mounted nothing (nested in another) leaves that to the outer one.
+            if self.mounted:
+                stack.callback(self._reap)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        start = time.perf_counter()
+        try:
+            with deferred_signals():
+                stack.close()
+        except Exception as cleanup_error:
+            if exc is None:
+                raise
+            # The block's own error is what the caller needs to see; the
+            # cleanup failure rides along on it.
+            log.error("pseudofs.cleanup_failed", root=str(self.root), error=str(cleanup_error))
+            exc.add_note(f"vmcraft: cleanup after this error also failed: {cleanup_error}")
+        finally:
+            self.timings["unmount"] = ms_since(start)
+
+    def _mount_one(self, stack: ExitStack, probe: MountProbe, root_fd: int, fs: PseudoFS) -> None:
+        start = time.perf_counter()
+        path = self.root / fs.target
+        fd = open_guest_dir(root_fd, fs.target, create=fs.is_bind or fs.fstype == "tmpfs")
+        try:
+            if probe.is_mounted(path):
+                self.skipped.append(fs.target)
+                log.debug("pseudofs.already_mounted", target=str(path))
+                return
+            flags = fs.flags | (syscalls.MS_BIND if fs.is_bind else 0)
+            with deferred_signals():
+                try:
+                    syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
+                except OSError as exc:
+                    raise MountError(f"cannot mount {fs.source} on {path}: {exc.strerror}") from exc
+                mount_id = self._make_private(root_fd, fs, path)
+                mounted = _Mounted(fs, path, mount_id)
+                self._ours.append(mounted)
+                stack.callback(self._unmount, mounted)
+            probe.note_mounted(path)
+            self.mounted.append(fs.target)
+        finally:
+            os.close(fd)
+            self.timings[f"mount {fs.target}"] = ms_since(start)
+            log.debug(
+                "pseudofs.mount", target=str(path), duration_ms=self.timings[f"mount {fs.target}"]
+            )
+
+    def _make_private(self, root_fd: int, fs: PseudoFS, path: Path) -> int:
+        """Take the fresh mount out of any peer group; return its mount id.
+
+        A bind of a shared host /dev joins the host's peer group: whatever
+        is later mounted or unmounted under one would happen under the other.
+        """
+        # Reopen: the fd used for mounting still points under the new mount.
+        fd = open_guest_dir(root_fd, fs.target)
+        try:
+            mount_id = syscalls.mount_id_of_fd(fd)
+            try:
+                syscalls.mount(None, f"/proc/self/fd/{fd}", None, syscalls.MS_PRIVATE)
+            except OSError as exc:
+                # Still ours to take down: unmount before reporting.
+                syscalls.umount(os.fspath(path), syscalls.MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
+                raise MountError(f"cannot make {path} private: {exc.strerror}") from exc
+            return mount_id
+        finally:
+            os.close(fd)
+
+    def _reap(self) -> None:
+        reaper.reap(self.root, grace=self.grace)
+
+    def _unmount(self, mounted: _Mounted) -> None:
+        start = time.perf_counter()
+        target = os.fspath(mounted.path)
+        lazy = False
+        try:
+            for attempt in tenacity.Retrying(
+                retry=tenacity.retry_if_exception(_is_busy),
+                wait=_UNMOUNT_WAIT,
+                stop=tenacity.stop_after_attempt(_UNMOUNT_ATTEMPTS),
+                reraise=True,
+            ):
+                with attempt:
+                    _umount_if_mounted(target, 0)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise UnmountError(f"cannot unmount {target}: {exc.strerror}") from exc
+            lazy = True
+            log.warning(
+                "pseudofs.lazy_unmount",
+                target=target,
+                reason="still busy after retries; detached lazily, it goes once unused",
+            )
+            try:
+                _umount_if_mounted(target, syscalls.MNT_DETACH)
+            except OSError as lazy_exc:
+                raise UnmountError(
+                    f"cannot unmount {target}, even lazily: {lazy_exc.strerror}"
+                ) from lazy_exc
+        log.debug("pseudofs.unmount", target=target, lazy=lazy, duration_ms=ms_since(start))
+
+    def _sweep(self) -> None:
+        """Make sure none of our mounts outlived its unmount.
+
+        If a guest process stacked a mount on one of ours, the unmount took
+        the top one; detach lazily until ours is gone too.
+        """
+        ours, self._ours = self._ours, []
+        if not ours:
+            return
+        for _ in range(16):
+            present = mount_ids()
+            left = [m for m in ours if m.mount_id in present]
+            if not left:
+                return
+            for mounted in reversed(left):
+                log.warning("pseudofs.stacked_mount", target=str(mounted.path))
+                _umount_if_mounted(os.fspath(mounted.path), syscalls.MNT_DETACH)
+        raise UnmountError(f"mounts still present under {self.root}: {[str(m.path) for m in left]}")
+
+
+def _umount_if_mounted(target: str, flags: int) -> None:
+    """umount2 that never follows a final symlink and accepts "not mounted"."""
+    try:
+        syscalls.umount(target, flags | syscalls.UMOUNT_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: not a mount point any more
+            raise
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EBUSY
+
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "DEV",
+    "DEV_PTS",
+    "EFIVARS",
+    "EXTRA_TARGETS",
+    "PROC",
+    "RUN",
+    "SYS",
+    "PseudoFS",
+    "PseudoFSMounter",
+]

@@ -1,0 +1,88 @@
+"""The one exception hierarchy of vmcraft.
+
+Every error derives from :class:`VMCraftError`, which is a ``RuntimeError``:
+libguestfs raises ``RuntimeError`` for everything, and migration scripts
+written against it (hyper2kvm's fixers among them) catch exactly that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class VMCraftError(RuntimeError):
+    """Base of every error vmcraft raises."""
+
+
+class NotLaunchedError(VMCraftError):
+    """A call needs a guest root, but the handle has none yet."""
+
+
+class NotRootError(VMCraftError):
+    """The operation mounts or chroots, and only root may do that."""
+
+
+class HostToolMissingError(VMCraftError):
+    """A program vmcraft runs on the host is not installed."""
+
+    def __init__(self, tool: str, package: str | None = None) -> None:
+        hint = f" (Debian package {package})" if package else ""
+        super().__init__(f"host tool {tool!r} not found on PATH{hint}")
+        self.tool = tool
+        self.package = package
+
+
+class GuestRootError(VMCraftError):
+    """The directory given as the guest root cannot be one."""
+
+
+class UnsafePathError(VMCraftError):
+    """A path inside the guest is not what it must be (a symlink, a file...).
+
+    Raised before anything is mounted or created, because a guest disk is
+    untrusted data and following its links would act on the host.
+    """
+
+
+class MountError(VMCraftError):
+    """A mount the operation needs could not be made."""
+
+
+class UnmountError(VMCraftError):
+    """A mount vmcraft made could not be taken down, even lazily."""
+
+
+class CommandError(VMCraftError):
+    """A command in the guest exited non-zero; carries what it printed."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        stdout: str,
+        stderr: str,
+        message: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        if message is None:
+            detail = (stderr.strip() or stdout.strip()).splitlines()
+            tail = detail[-1] if detail else "no output"
+            message = f"{self.argv[0]}: exited with status {returncode}: {tail}"
+        super().__init__(message)
+
+
+class CommandTimeoutError(CommandError):
+    """A command in the guest ran past its timeout and was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout: float, stdout: str, stderr: str) -> None:
+        super().__init__(
+            argv,
+            returncode=-9,
+            stdout=stdout,
+            stderr=stderr,
+            message=f"{argv[0]}: killed after the {timeout:g} s timeout",
+        )
+        self.timeout = timeout

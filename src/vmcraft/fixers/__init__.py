@@ -1,0 +1,1 @@
+"""Repairs that run the guest's own tools."""
