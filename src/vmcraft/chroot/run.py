@@ -75,7 +75,7 @@ def _kill_tree(proc: subprocess.Popen[str], root: Path) -> None:
             member.kill()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(family, timeout=5)
+    reaper.wait_gone(family, 5.0)
     # Whatever double-forked out of the tree but still lives in the guest.
     reaper.reap(root, grace=1.0)
 

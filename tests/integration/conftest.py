@@ -1,0 +1,67 @@
+"""Fixtures for tests that really mount, on a real debootstrapped guest root."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.guestroot import minbase_root
+from vmcraft import syscalls
+from vmcraft.chroot import reaper
+from vmcraft.chroot.mountinfo import read_mountinfo
+
+
+def mount_table() -> list[tuple[int, str, str]]:
+    """What a leak would change: every mount's id, place and type."""
+    return [(e.mount_id, e.mount_point, e.fstype) for e in read_mountinfo()]
+
+
+def loop_devices() -> set[str]:
+    return {os.path.dirname(os.path.dirname(p)) for p in glob.glob("/sys/block/loop*/loop")}
+
+
+@pytest.fixture(scope="session")
+def minbase() -> Path:
+    """The cached debootstrap --variant=minbase root (built on first use)."""
+    return minbase_root()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(tmp_path: Path) -> Iterator[None]:
+    """Fail the test if it leaves a mount, a loop device or a guest process."""
+    mounts, loops = mount_table(), loop_devices()
+    yield
+    assert reaper.processes_rooted_in(tmp_path) == [], "a process still runs in the guest"
+    assert mount_table() == mounts, "the mount table changed"
+    assert loop_devices() == loops, "a loop device was left attached"
+
+
+@pytest.fixture
+def guest_root(tmp_path: Path, minbase: Path) -> Iterator[Path]:
+    """A writable copy of the guest root: an overlay on the cached tree."""
+    upper, work, root = tmp_path / "upper", tmp_path / "work", tmp_path / "root"
+    for d in (upper, work, root):
+        d.mkdir()
+    syscalls.mount(
+        "overlay",
+        os.fspath(root),
+        "overlay",
+        0,
+        f"lowerdir={minbase},upperdir={upper},workdir={work}",
+    )
+    try:
+        yield root
+    finally:
+        reaper.reap(root, grace=1.0)
+        try:
+            syscalls.umount(os.fspath(root))
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            syscalls.umount(os.fspath(root), syscalls.MNT_DETACH)
+            pytest.fail("the guest root was still busy after the test")

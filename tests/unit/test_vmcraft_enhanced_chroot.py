@@ -1,0 +1,490 @@
+"""The enhanced chroot as a caller sees it: VMCraft.command_with_mounts and GRUB routing.
+
+No root and no real mount: the mount syscalls, the mount probe, the reaper and
+the command runner are replaced by fakes, while the guest root is a real
+directory so that :mod:`vmcraft.chroot.safepath` really opens (and creates)
+``proc``, ``dev`` and ``sys`` and the fake mount can check which directory the
+``/proc/self/fd/N`` target points at.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from pytest_mock import MockerFixture
+from structlog.testing import capture_logs
+
+import vmcraft
+from vmcraft import syscalls
+from vmcraft.chroot.pseudofs import guest_root_path
+from vmcraft.chroot.run import CommandResult
+from vmcraft.fixers.bootloader.grub import GRUB_COMMANDS, is_grub_command, run_guest_command
+
+GRUB_NAMES = (
+    "grub2-mkconfig",
+    "grub-mkconfig",
+    "update-grub",
+    "update-grub2",
+    "grub2-install",
+    "grub-install",
+    "grub2-probe",
+    "grub-probe",
+)
+MKCONFIG = ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"]
+NO_DEVICE = "error: cannot find a device for / (is /dev mounted?)."
+
+
+class _NoLibc:
+    """Stands in for libc: any real mount(2)/umount2(2) would fail the test."""
+
+    def mount(self, *args: object) -> int:
+        raise AssertionError("a unit test reached the real mount(2)")
+
+    def umount2(self, *args: object) -> int:
+        raise AssertionError("a unit test reached the real umount2(2)")
+
+    def unshare(self, *args: object) -> int:
+        raise AssertionError("a unit test reached the real unshare(2)")
+
+
+class FakeProbe:
+    """A mount probe answering from the fake kernel's table of mount points."""
+
+    def __init__(self, table: set[Path]) -> None:
+        self.table = table
+        self.asked: list[Path] = []
+
+    def is_mounted(self, path: Path) -> bool:
+        self.asked.append(path)
+        return path in self.table
+
+    def note_mounted(self, path: Path) -> None:
+        self.table.add(path)
+
+
+@dataclass
+class FakeKernel:
+    """Records mounts, unmounts and commands, in one timeline."""
+
+    root: Path
+    mount: MagicMock = field(init=False)
+    umount: MagicMock = field(init=False)
+    reap: MagicMock = field(init=False)
+    run_in_root: MagicMock = field(init=False)
+    table: set[Path] = field(default_factory=set)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    result: CommandResult | None = None
+
+    def rel(self, path: str) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    def fake_mount(
+        self,
+        source: str | None,
+        target: str,
+        fstype: str | None = None,
+        flags: int = 0,
+        data: str | None = None,
+    ) -> None:
+        # The target is /proc/self/fd/N: what it points at is what gets mounted on.
+        where = self.rel(os.readlink(target))
+        if flags & syscalls.MS_PRIVATE:
+            self.events.append(("private", where))
+        else:
+            self.events.append(("mount", where, source, fstype, flags))
+
+    def fake_umount(self, target: str, flags: int = 0) -> None:
+        self.events.append(("umount", self.rel(target), flags))
+        self.table.discard(Path(target))
+
+    def fake_run(
+        self,
+        root: Path,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Any = None,
+    ) -> CommandResult:
+        mounted = sorted(p.relative_to(self.root).as_posix() for p in self.table)
+        self.events.append(("run", list(argv), mounted))
+        if self.result is not None:
+            return self.result
+        return CommandResult(list(argv), 0, "ok\n", "")
+
+    def fake_reap(self, root: Path, grace: float = 2.0) -> list[int]:
+        self.events.append(("reap",))
+        return []
+
+    def kinds(self) -> list[str]:
+        return [e[0] for e in self.events]
+
+    def binds(self) -> list[tuple[str, str]]:
+        """(target, source) of each bind mount, in the order they were made."""
+        return [(e[1], e[2]) for e in self.events if e[0] == "mount" and e[4] & syscalls.MS_BIND]
+
+    def unmounts(self) -> list[str]:
+        return [e[1] for e in self.events if e[0] == "umount"]
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> Path:
+    """A bare guest root: no proc, dev or sys yet."""
+    root = tmp_path / "guest"
+    root.mkdir()
+    return guest_root_path(root)
+
+
+@pytest.fixture
+def kernel(mocker: MockerFixture, guest: Path) -> Iterator[FakeKernel]:
+    fake = FakeKernel(guest)
+    mocker.patch.object(syscalls, "_libc", _NoLibc())
+    mocker.patch("vmcraft.chroot.pseudofs.require_privileges")
+    mocker.patch("vmcraft.chroot.run.require_privileges")
+    fake.mount = mocker.patch("vmcraft.chroot.pseudofs.syscalls.mount", side_effect=fake.fake_mount)
+    fake.umount = mocker.patch(
+        "vmcraft.chroot.pseudofs.syscalls.umount", side_effect=fake.fake_umount
+    )
+    mocker.patch(
+        "vmcraft.chroot.pseudofs.syscalls.mount_id_of_fd", side_effect=itertools.count(100)
+    )
+    mocker.patch("vmcraft.chroot.pseudofs.mount_ids", return_value=set())
+    fake.reap = mocker.patch("vmcraft.chroot.pseudofs.reaper.reap", side_effect=fake.fake_reap)
+    mocker.patch(
+        "vmcraft.chroot.pseudofs.make_probe", side_effect=lambda check: FakeProbe(fake.table)
+    )
+    fake.run_in_root = mocker.patch("vmcraft.handle.run_in_root", side_effect=fake.fake_run)
+    yield fake
+
+
+@pytest.fixture
+def g(guest: Path, kernel: FakeKernel) -> vmcraft.VMCraft:
+    return vmcraft.VMCraft.from_root(guest)
+
+
+def failing(argv: list[str], stderr: str = NO_DEVICE, returncode: int = 1) -> CommandResult:
+    return CommandResult(argv, returncode, "", stderr)
+
+
+# (1) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda h: h.command(["true"]), id="command"),
+        pytest.param(lambda h: h.command_with_mounts(["true"]), id="command_with_mounts"),
+        pytest.param(lambda h: h.command_quiet(["true"]), id="command_quiet"),
+    ],
+)
+def test_not_launched_raises_not_launched_error(
+    kernel: FakeKernel, call: Callable[[vmcraft.VMCraft], object]
+) -> None:
+    handle = vmcraft.VMCraft()
+    with pytest.raises(vmcraft.NotLaunchedError, match="no guest root"):
+        call(handle)
+    # libguestfs callers catch RuntimeError: it must catch this too.
+    with pytest.raises(RuntimeError):
+        call(handle)
+    assert issubclass(vmcraft.NotLaunchedError, RuntimeError)
+    assert kernel.events == []
+
+
+# (2) --------------------------------------------------------------------------
+
+
+def test_binds_proc_dev_sys_from_host_in_that_order(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    g.command_with_mounts(MKCONFIG)
+
+    assert kernel.binds() == [("proc", "/proc"), ("dev", "/dev"), ("sys", "/sys")]
+    for call in kernel.mount.call_args_list:
+        target = call.args[1]
+        assert target.startswith("/proc/self/fd/")
+    bind_calls = [c for c in kernel.mount.call_args_list if c.args[0] is not None]
+    assert [c.args[0] for c in bind_calls] == ["/proc", "/dev", "/sys"]
+    for call in bind_calls:
+        source, _target, fstype, flags = call.args[:4]
+        assert fstype is None
+        assert flags & syscalls.MS_BIND
+    # Each bind is taken out of the host's peer group right after it is made.
+    assert [e for e in kernel.events if e[0] in ("mount", "private")] == [
+        ("mount", "proc", "/proc", None, syscalls.MS_BIND),
+        ("private", "proc"),
+        ("mount", "dev", "/dev", None, syscalls.MS_BIND),
+        ("private", "dev"),
+        ("mount", "sys", "/sys", None, syscalls.MS_BIND),
+        ("private", "sys"),
+    ]
+    # The command ran with all three in place.
+    runs = [e for e in kernel.events if e[0] == "run"]
+    assert runs == [("run", MKCONFIG, ["dev", "proc", "sys"])]
+
+
+# (3) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("already", [["proc"], ["dev", "sys"], ["proc", "dev", "sys"]])
+def test_already_mounted_target_is_neither_mounted_nor_unmounted(
+    g: vmcraft.VMCraft, kernel: FakeKernel, guest: Path, already: list[str]
+) -> None:
+    for name in already:
+        (guest / name).mkdir()
+        kernel.table.add(guest / name)
+
+    g.command_with_mounts(MKCONFIG)
+
+    bound = [target for target, _ in kernel.binds()]
+    expected = [n for n in ("proc", "dev", "sys") if n not in already]
+    assert bound == expected
+    assert kernel.unmounts() == list(reversed(expected))
+    for name in already:
+        assert (guest / name) in kernel.table  # still there: not ours to take down
+
+
+# (4) --------------------------------------------------------------------------
+
+
+def test_cleanup_after_success(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    assert g.command_with_mounts(MKCONFIG) == "ok\n"
+
+    assert sorted(kernel.unmounts()) == ["dev", "proc", "sys"]
+    assert kernel.table == set()
+    # Nothing is taken down before the command has finished, and processes
+    # left in the guest are ended before the mounts come down.
+    assert kernel.kinds()[-5:] == ["run", "reap", "umount", "umount", "umount"]
+
+
+# (5) --------------------------------------------------------------------------
+
+
+def test_cleanup_when_command_fails(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    kernel.result = failing(MKCONFIG)
+
+    with pytest.raises(vmcraft.CommandError) as caught:
+        g.command_with_mounts(MKCONFIG)
+
+    assert caught.value.returncode == 1
+    assert caught.value.stderr == NO_DEVICE
+    assert sorted(kernel.unmounts()) == ["dev", "proc", "sys"]
+    assert kernel.table == set()
+
+
+def test_cleanup_when_runner_raises(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    kernel.run_in_root.side_effect = vmcraft.CommandTimeoutError(MKCONFIG, 5, "", "")
+
+    with pytest.raises(vmcraft.CommandTimeoutError):
+        g.command_with_mounts(MKCONFIG)
+
+    assert sorted(kernel.unmounts()) == ["dev", "proc", "sys"]
+    assert kernel.table == set()
+
+
+# (6) --------------------------------------------------------------------------
+
+
+def test_unmounts_in_reverse_order(g: vmcraft.VMCraft, kernel: FakeKernel, guest: Path) -> None:
+    g.command_with_mounts(MKCONFIG)
+
+    assert kernel.unmounts() == ["sys", "dev", "proc"]
+    assert [c.args for c in kernel.umount.call_args_list] == [
+        (str(guest / "sys"), syscalls.UMOUNT_NOFOLLOW),
+        (str(guest / "dev"), syscalls.UMOUNT_NOFOLLOW),
+        (str(guest / "proc"), syscalls.UMOUNT_NOFOLLOW),
+    ]
+
+
+# (7) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda h: h.command_quiet(MKCONFIG), id="command_quiet"),
+        pytest.param(lambda h: h.command_with_mounts(MKCONFIG, quiet=True), id="with_mounts"),
+    ],
+)
+def test_quiet_still_raises_but_logs_at_debug(
+    g: vmcraft.VMCraft, kernel: FakeKernel, call: Callable[[vmcraft.VMCraft], object]
+) -> None:
+    kernel.result = failing(MKCONFIG)
+
+    with capture_logs() as logs, pytest.raises(vmcraft.CommandError):
+        call(g)
+
+    failed = [e for e in logs if e["event"] == "command.failed"]
+    assert [e["log_level"] for e in failed] == ["debug"]
+    assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda h: h.command(MKCONFIG), id="command"),
+        pytest.param(lambda h: h.command_with_mounts(MKCONFIG), id="with_mounts"),
+    ],
+)
+def test_not_quiet_logs_failure_as_warning(
+    g: vmcraft.VMCraft, kernel: FakeKernel, call: Callable[[vmcraft.VMCraft], object]
+) -> None:
+    kernel.result = failing(MKCONFIG)
+
+    with capture_logs() as logs, pytest.raises(vmcraft.CommandError):
+        call(g)
+
+    failed = [e for e in logs if e["event"] == "command.failed"]
+    assert [e["log_level"] for e in failed] == ["warning"]
+    assert NO_DEVICE in failed[0]["error"]
+
+
+# (8) --------------------------------------------------------------------------
+
+
+def test_mount_points_created_when_missing(
+    g: vmcraft.VMCraft, kernel: FakeKernel, guest: Path
+) -> None:
+    assert sorted(p.name for p in guest.iterdir()) == []
+
+    g.command_with_mounts(MKCONFIG)
+
+    for name in ("proc", "dev", "sys"):
+        made = guest / name
+        assert made.is_dir()
+        assert not made.is_symlink()
+
+
+# (9) --------------------------------------------------------------------------
+
+
+def test_stdout_is_returned(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    kernel.result = CommandResult(MKCONFIG, 0, "Generating grub configuration file ...\ndone\n", "")
+
+    assert g.command_with_mounts(MKCONFIG) == "Generating grub configuration file ...\ndone\n"
+    assert g.command(["cat", "/etc/hostname"]) == "Generating grub configuration file ...\ndone\n"
+
+
+def test_timings_are_logged(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    with capture_logs() as logs:
+        g.command_with_mounts(MKCONFIG)
+
+    (summary,) = [e for e in logs if e["event"] == "command_with_mounts.timings"]
+    assert summary["argv"] == MKCONFIG
+    assert summary["mounted"] == ["proc", "dev", "sys"]
+    assert summary["already_mounted"] == []
+    for key in ("mount_proc_ms", "mount_dev_ms", "mount_sys_ms", "unmount_ms", "total_ms"):
+        assert isinstance(summary[key], float)
+
+
+# (10) -------------------------------------------------------------------------
+
+
+def test_grub_command_goes_through_command_with_mounts(mocker: MockerFixture) -> None:
+    handle = mocker.create_autospec(vmcraft.VMCraft, instance=True)
+    handle.command_with_mounts.return_value = "done\n"
+
+    attempt = run_guest_command(handle, MKCONFIG)
+
+    handle.command_with_mounts.assert_called_once_with(MKCONFIG, quiet=True)
+    handle.command_quiet.assert_not_called()
+    assert attempt.ok
+    assert attempt.out == "done"
+
+
+def test_grub_command_on_real_handle_gets_mounts(g: vmcraft.VMCraft, kernel: FakeKernel) -> None:
+    attempt = run_guest_command(g, ["/usr/sbin/grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"])
+
+    assert attempt.ok
+    assert [t for t, _ in kernel.binds()] == ["proc", "dev", "sys"]
+    assert kernel.unmounts() == ["sys", "dev", "proc"]
+
+
+# (11) -------------------------------------------------------------------------
+
+
+def test_grub_command_set_is_exactly_the_eight() -> None:
+    assert set(GRUB_NAMES) == GRUB_COMMANDS
+
+
+@pytest.mark.parametrize("name", GRUB_NAMES)
+@pytest.mark.parametrize("prefix", ["", "/usr/sbin/", "/sbin/", "/usr/bin/"])
+def test_grub_commands_detected(name: str, prefix: str) -> None:
+    assert is_grub_command([prefix + name, "--version"])
+    assert is_grub_command([prefix + name])
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["grub-editenv", "list"],
+        ["grub2-mkconfig-extra"],
+        ["/usr/sbin/grub2-mkconfig-extra"],
+        ["grub2-mkconfig.sh"],
+        ["mkconfig"],
+        ["grub"],
+        ["dracut", "-f"],
+        ["sh", "-c", "grub2-mkconfig -o /boot/grub2/grub.cfg"],
+        ["/usr/sbin/grub2-mkconfig/"],
+        [""],
+        [],
+    ],
+)
+def test_non_grub_commands_not_detected(cmd: list[str]) -> None:
+    assert not is_grub_command(cmd)
+
+
+# (12) -------------------------------------------------------------------------
+
+
+def test_other_commands_use_command_quiet(mocker: MockerFixture) -> None:
+    handle = mocker.create_autospec(vmcraft.VMCraft, instance=True)
+    handle.command_quiet.return_value = "4.19.0\n"
+
+    attempt = run_guest_command(handle, ["uname", "-r"])
+
+    handle.command_quiet.assert_called_once_with(["uname", "-r"])
+    handle.command_with_mounts.assert_not_called()
+    assert attempt.ok
+    assert attempt.out == "4.19.0"
+
+
+def test_other_commands_on_real_handle_get_no_mounts(
+    g: vmcraft.VMCraft, kernel: FakeKernel
+) -> None:
+    attempt = run_guest_command(g, ["dracut", "-f"])
+
+    assert attempt.ok
+    assert kernel.mount.call_count == 0
+    assert kernel.umount.call_count == 0
+    assert kernel.kinds() == ["run"]
+
+
+# (13) -------------------------------------------------------------------------
+
+
+class LibguestfsLike:
+    """A foreign handle: command_quiet only, as libguestfs's has."""
+
+    def __init__(self, out: str = "done\n") -> None:
+        self.out = out
+        self.calls: list[list[str]] = []
+
+    def command_quiet(self, cmd: list[str]) -> str:
+        self.calls.append(cmd)
+        return self.out
+
+
+@pytest.mark.parametrize("name", GRUB_NAMES)
+def test_handle_without_command_with_mounts_falls_back_to_command_quiet(name: str) -> None:
+    handle = LibguestfsLike()
+    assert not hasattr(handle, "command_with_mounts")
+
+    attempt = run_guest_command(handle, [name])
+
+    assert handle.calls == [[name]]
+    assert attempt.ok
+    assert attempt.out == "done"
