@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from vmcraft.chroot.mountinfo import MountCheck
-from vmcraft.chroot.pseudofs import PseudoFS, PseudoFSMounter, guest_root_path
+from vmcraft.chroot.pseudofs import PseudoFS, PseudoFSMounter, guest_root_path, resolve_targets
 from vmcraft.chroot.run import CommandResult, run_in_root
 from vmcraft.errors import CommandError, NotLaunchedError
 from vmcraft.log import get_logger, ms_since
@@ -45,6 +45,7 @@ class VMCraft:
         self.timeout = timeout
         self._root: Path | None = None
         self._stack = ExitStack()
+        self._held: list[PseudoFSMounter] = []
 
     @classmethod
     def from_root(
@@ -137,12 +138,30 @@ class VMCraft:
         return self._checked(self.run(cmd, timeout=timeout, env=env), quiet=True)
 
     def pseudofs(self, extra: Sequence[str | PseudoFS] = ()) -> PseudoFSMounter:
-        """A mounter for this guest; hold it to share the mounts across commands.
-
-        ``with g.pseudofs(): ...`` around a batch of :meth:`command_with_mounts`
-        calls pays for the mounts once: the inner calls find them in place.
-        """
+        """A mounter for this guest, not yet entered."""
         return PseudoFSMounter(self.root, extra=extra, check=self.mount_check)
+
+    @contextmanager
+    def hold_mounts(self, extra: Sequence[str | PseudoFS] = ()) -> Iterator[PseudoFSMounter]:
+        """Keep the pseudo-filesystems mounted across a batch of commands.
+
+        Inside the block, :meth:`command_with_mounts` calls asking for no more
+        than what is held run straight away: no check, no mount, no unmount,
+        so the batch pays for the mounts once (the per-call ``mountpoint -q``
+        check alone costs three process spawns).
+        """
+        with self.pseudofs(extra) as mounter:
+            self._held.append(mounter)
+            try:
+                yield mounter
+            finally:
+                self._held.remove(mounter)
+
+    def _holding(self, extra: Sequence[str | PseudoFS]) -> bool:
+        if not self._held:
+            return False
+        wanted = set(resolve_targets(extra))
+        return any(wanted <= set(m.targets) for m in self._held)
 
     def command_with_mounts(
         self,
@@ -160,6 +179,8 @@ class VMCraft:
         :class:`CommandError` on a non-zero exit, logged at debug level
         only when ``quiet``.
         """
+        if self._holding(extra):
+            return self._checked(self.run(cmd, timeout=timeout, env=env), quiet=quiet)
         mounter = self.pseudofs(extra)
         start = time.perf_counter()
         result: CommandResult | None = None

@@ -113,10 +113,11 @@ class MountCheck(enum.StrEnum):
 
 
 class MountProbe(Protocol):
-    def is_mounted(self, path: Path) -> bool: ...
+    def is_mounted(self, path: Path, *, canonical: bool = False) -> bool:
+        """``canonical``: the caller vouches that ``path`` has no symlink or ``..`` in it."""
 
     def note_mounted(self, path: Path) -> None:
-        """Tell the probe the caller has just mounted on ``path`` itself."""
+        """Tell the probe the caller has just mounted on ``path`` (canonical) itself."""
 
 
 class MountpointCommandProbe:
@@ -128,7 +129,7 @@ class MountpointCommandProbe:
             raise HostToolMissingError("mountpoint", "util-linux")
         self._tool = tool
 
-    def is_mounted(self, path: Path) -> bool:
+    def is_mounted(self, path: Path, *, canonical: bool = False) -> bool:
         done = subprocess.run(
             [self._tool, "-q", "--", os.fspath(path)],
             stdin=subprocess.DEVNULL,
@@ -157,17 +158,19 @@ class MountinfoProbe:
     def __init__(self) -> None:
         self._points: set[str] | None = None
 
-    def is_mounted(self, path: Path) -> bool:
-        if not os.path.exists(path):
-            return False
+    def is_mounted(self, path: Path, *, canonical: bool = False) -> bool:
+        if not canonical:
+            if not os.path.exists(path):
+                return False
+            path = Path(os.path.realpath(path))
         if self._points is None:
             self._points = mount_points()
-        return os.path.realpath(path) in self._points
+        return os.fspath(path) in self._points
 
     def note_mounted(self, path: Path) -> None:
         if self._points is None:
             return
-        target = os.path.realpath(path)
+        target = os.fspath(path)
         # Whatever was mounted below the new mount is hidden under it now.
         self._points = {p for p in self._points if not p.startswith(target + "/")}
         self._points.add(target)

@@ -168,8 +168,11 @@ class PseudoFSMounter:
             stack.callback(self._sweep)
             root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                for fs in self.targets:
-                    self._mount_one(stack, probe, root_fd, fs)
+                # Ctrl-C between a mount(2) and its push on the stack would
+                # leak that mount: hold signals until the batch is on it.
+                with deferred_signals():
+                    for fs in self.targets:
+                        self._mount_one(stack, probe, root_fd, fs)
             finally:
                 os.close(root_fd)
             # Registered last, so it runs first on exit: nothing may still
@@ -208,20 +211,21 @@ class PseudoFSMounter:
         path = self.root / fs.target
         fd = open_guest_dir(root_fd, fs.target, create=fs.is_bind or fs.fstype == "tmpfs")
         try:
-            if probe.is_mounted(path):
+            # Canonical by construction: the root went through realpath and
+            # every component below it was just checked to be a directory.
+            if probe.is_mounted(path, canonical=True):
                 self.skipped.append(fs.target)
                 log.debug("pseudofs.already_mounted", target=str(path))
                 return
             flags = fs.flags | (syscalls.MS_BIND if fs.is_bind else 0)
-            with deferred_signals():
-                try:
-                    syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
-                except OSError as exc:
-                    raise MountError(f"cannot mount {fs.source} on {path}: {exc.strerror}") from exc
-                mount_id = self._make_private(root_fd, fs, path)
-                mounted = _Mounted(fs, path, mount_id)
-                self._ours.append(mounted)
-                stack.callback(self._unmount, mounted)
+            try:
+                syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
+            except OSError as exc:
+                raise MountError(f"cannot mount {fs.source} on {path}: {exc.strerror}") from exc
+            mount_id = self._make_private(root_fd, fs, path)
+            mounted = _Mounted(fs, path, mount_id)
+            self._ours.append(mounted)
+            stack.callback(self._unmount, mounted)
             probe.note_mounted(path)
             self.mounted.append(fs.target)
         finally:
@@ -259,6 +263,17 @@ class PseudoFSMounter:
         target = os.fspath(mounted.path)
         lazy = False
         try:
+            _umount_if_mounted(target, 0)
+        except OSError as first:
+            if not _is_busy(first):
+                raise UnmountError(f"cannot unmount {target}: {first.strerror}") from first
+            lazy = self._unmount_busy(target)
+        log.debug("pseudofs.unmount", target=target, lazy=lazy, duration_ms=ms_since(start))
+
+    @staticmethod
+    def _unmount_busy(target: str) -> bool:
+        """Retry a busy unmount with back-off, then detach lazily; True if lazy."""
+        try:
             for attempt in tenacity.Retrying(
                 retry=tenacity.retry_if_exception(_is_busy),
                 wait=_UNMOUNT_WAIT,
@@ -270,7 +285,6 @@ class PseudoFSMounter:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise UnmountError(f"cannot unmount {target}: {exc.strerror}") from exc
-            lazy = True
             log.warning(
                 "pseudofs.lazy_unmount",
                 target=target,
@@ -282,7 +296,8 @@ class PseudoFSMounter:
                 raise UnmountError(
                     f"cannot unmount {target}, even lazily: {lazy_exc.strerror}"
                 ) from lazy_exc
-        log.debug("pseudofs.unmount", target=target, lazy=lazy, duration_ms=ms_since(start))
+            return True
+        return False
 
     def _sweep(self) -> None:
         """Make sure none of our mounts outlived its unmount.
