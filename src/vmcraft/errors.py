@@ -70,7 +70,8 @@ class CommandError(VMCraftError):
         if message is None:
             detail = (stderr.strip() or stdout.strip()).splitlines()
             tail = detail[-1] if detail else "no output"
-            message = f"{self.argv[0]}: exited with status {returncode}: {tail}"
+            name = self.argv[0] if self.argv else "command"
+            message = f"{name}: exited with status {returncode}: {tail}"
         super().__init__(message)
 
 
@@ -83,6 +84,6 @@ class CommandTimeoutError(CommandError):
             returncode=-9,
             stdout=stdout,
             stderr=stderr,
-            message=f"{argv[0]}: killed after the {timeout:g} s timeout",
+            message=f"{argv[0] if argv else 'command'}: killed after the {timeout:g} s timeout",
         )
         self.timeout = timeout

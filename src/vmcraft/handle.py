@@ -109,7 +109,7 @@ class VMCraft:
     ) -> CommandResult:
         """Run ``cmd`` in a plain chroot and return the full result, never raising on exit."""
         root = self.root
-        return run_in_root(root, cmd, timeout=timeout or self.timeout, env=env)
+        return run_in_root(root, cmd, timeout=self.timeout if timeout is None else timeout, env=env)
 
     def command(
         self,

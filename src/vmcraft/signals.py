@@ -29,7 +29,12 @@ def deferred_signals() -> Iterator[None]:
     def record(signum: int, _frame: FrameType | None) -> None:
         pending.append(signum)
 
-    previous = {signum: signal.signal(signum, record) for signum in _DEFERRED}
+    previous = {}
+    for signum in _DEFERRED:
+        # None: a handler not installed from Python, which could not be put
+        # back; leave that signal as it is.
+        if signal.getsignal(signum) is not None:
+            previous[signum] = signal.signal(signum, record)
     try:
         yield
     finally:

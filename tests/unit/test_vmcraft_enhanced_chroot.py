@@ -1,21 +1,15 @@
 """The enhanced chroot as a caller sees it: VMCraft.command_with_mounts and GRUB routing.
 
 No root and no real mount: the mount syscalls, the mount probe, the reaper and
-the command runner are replaced by fakes, while the guest root is a real
-directory so that :mod:`vmcraft.chroot.safepath` really opens (and creates)
-``proc``, ``dev`` and ``sys`` and the fake mount can check which directory the
-``/proc/self/fd/N`` target points at.
+the command runner are replaced by the fake kernel of :mod:`tests.unit.fakes`,
+while the guest root is a real directory so that safepath really opens (and
+creates) ``proc``, ``dev`` and ``sys``.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from unittest.mock import MagicMock
 
 import pytest
 from pytest_mock import MockerFixture
@@ -26,6 +20,8 @@ from vmcraft import syscalls
 from vmcraft.chroot.pseudofs import guest_root_path
 from vmcraft.chroot.run import CommandResult
 from vmcraft.fixers.bootloader.grub import GRUB_COMMANDS, is_grub_command, run_guest_command
+
+from .fakes import FakeKernel, install_fake_kernel
 
 GRUB_NAMES = (
     "grub2-mkconfig",
@@ -41,98 +37,6 @@ MKCONFIG = ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"]
 NO_DEVICE = "error: cannot find a device for / (is /dev mounted?)."
 
 
-class _NoLibc:
-    """Stands in for libc: any real mount(2)/umount2(2) would fail the test."""
-
-    def mount(self, *args: object) -> int:
-        raise AssertionError("a unit test reached the real mount(2)")
-
-    def umount2(self, *args: object) -> int:
-        raise AssertionError("a unit test reached the real umount2(2)")
-
-    def unshare(self, *args: object) -> int:
-        raise AssertionError("a unit test reached the real unshare(2)")
-
-
-class FakeProbe:
-    """A mount probe answering from the fake kernel's table of mount points."""
-
-    def __init__(self, table: set[Path]) -> None:
-        self.table = table
-        self.asked: list[Path] = []
-
-    def is_mounted(self, path: Path) -> bool:
-        self.asked.append(path)
-        return path in self.table
-
-    def note_mounted(self, path: Path) -> None:
-        self.table.add(path)
-
-
-@dataclass
-class FakeKernel:
-    """Records mounts, unmounts and commands, in one timeline."""
-
-    root: Path
-    mount: MagicMock = field(init=False)
-    umount: MagicMock = field(init=False)
-    reap: MagicMock = field(init=False)
-    run_in_root: MagicMock = field(init=False)
-    table: set[Path] = field(default_factory=set)
-    events: list[tuple[Any, ...]] = field(default_factory=list)
-    result: CommandResult | None = None
-
-    def rel(self, path: str) -> str:
-        return Path(path).relative_to(self.root).as_posix()
-
-    def fake_mount(
-        self,
-        source: str | None,
-        target: str,
-        fstype: str | None = None,
-        flags: int = 0,
-        data: str | None = None,
-    ) -> None:
-        # The target is /proc/self/fd/N: what it points at is what gets mounted on.
-        where = self.rel(os.readlink(target))
-        if flags & syscalls.MS_PRIVATE:
-            self.events.append(("private", where))
-        else:
-            self.events.append(("mount", where, source, fstype, flags))
-
-    def fake_umount(self, target: str, flags: int = 0) -> None:
-        self.events.append(("umount", self.rel(target), flags))
-        self.table.discard(Path(target))
-
-    def fake_run(
-        self,
-        root: Path,
-        argv: Sequence[str],
-        *,
-        timeout: float | None = None,
-        env: Any = None,
-    ) -> CommandResult:
-        mounted = sorted(p.relative_to(self.root).as_posix() for p in self.table)
-        self.events.append(("run", list(argv), mounted))
-        if self.result is not None:
-            return self.result
-        return CommandResult(list(argv), 0, "ok\n", "")
-
-    def fake_reap(self, root: Path, grace: float = 2.0) -> list[int]:
-        self.events.append(("reap",))
-        return []
-
-    def kinds(self) -> list[str]:
-        return [e[0] for e in self.events]
-
-    def binds(self) -> list[tuple[str, str]]:
-        """(target, source) of each bind mount, in the order they were made."""
-        return [(e[1], e[2]) for e in self.events if e[0] == "mount" and e[4] & syscalls.MS_BIND]
-
-    def unmounts(self) -> list[str]:
-        return [e[1] for e in self.events if e[0] == "umount"]
-
-
 @pytest.fixture
 def guest(tmp_path: Path) -> Path:
     """A bare guest root: no proc, dev or sys yet."""
@@ -142,25 +46,8 @@ def guest(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kernel(mocker: MockerFixture, guest: Path) -> Iterator[FakeKernel]:
-    fake = FakeKernel(guest)
-    mocker.patch.object(syscalls, "_libc", _NoLibc())
-    mocker.patch("vmcraft.chroot.pseudofs.require_privileges")
-    mocker.patch("vmcraft.chroot.run.require_privileges")
-    fake.mount = mocker.patch("vmcraft.chroot.pseudofs.syscalls.mount", side_effect=fake.fake_mount)
-    fake.umount = mocker.patch(
-        "vmcraft.chroot.pseudofs.syscalls.umount", side_effect=fake.fake_umount
-    )
-    mocker.patch(
-        "vmcraft.chroot.pseudofs.syscalls.mount_id_of_fd", side_effect=itertools.count(100)
-    )
-    mocker.patch("vmcraft.chroot.pseudofs.mount_ids", return_value=set())
-    fake.reap = mocker.patch("vmcraft.chroot.pseudofs.reaper.reap", side_effect=fake.fake_reap)
-    mocker.patch(
-        "vmcraft.chroot.pseudofs.make_probe", side_effect=lambda check: FakeProbe(fake.table)
-    )
-    fake.run_in_root = mocker.patch("vmcraft.handle.run_in_root", side_effect=fake.fake_run)
-    yield fake
+def kernel(mocker: MockerFixture, guest: Path) -> FakeKernel:
+    return install_fake_kernel(mocker, guest)
 
 
 @pytest.fixture
@@ -209,7 +96,7 @@ def test_binds_proc_dev_sys_from_host_in_that_order(g: vmcraft.VMCraft, kernel: 
     bind_calls = [c for c in kernel.mount.call_args_list if c.args[0] is not None]
     assert [c.args[0] for c in bind_calls] == ["/proc", "/dev", "/sys"]
     for call in bind_calls:
-        source, _target, fstype, flags = call.args[:4]
+        _source, _target, fstype, flags = call.args[:4]
         assert fstype is None
         assert flags & syscalls.MS_BIND
     # Each bind is taken out of the host's peer group right after it is made.

@@ -34,7 +34,7 @@ from vmcraft import syscalls
 from vmcraft.chroot import reaper
 from vmcraft.chroot.mountinfo import MountCheck, MountProbe, make_probe, mount_ids
 from vmcraft.chroot.safepath import guest_components, open_guest_dir
-from vmcraft.errors import GuestRootError, MountError, UnmountError
+from vmcraft.errors import GuestRootError, MountError, UnmountError, UnsafePathError
 from vmcraft.host import require_privileges
 from vmcraft.log import get_logger, ms_since
 from vmcraft.signals import deferred_signals
@@ -79,6 +79,7 @@ EFIVARS = PseudoFS(
 DEFAULT_TARGETS: tuple[PseudoFS, ...] = (PROC, DEV, SYS)
 EXTRA_TARGETS: dict[str, PseudoFS] = {fs.target: fs for fs in (DEV_PTS, RUN, EFIVARS)}
 EXTRA_TARGETS["efivarfs"] = EFIVARS
+_BY_NAME: dict[str, PseudoFS] = {fs.target: fs for fs in DEFAULT_TARGETS} | EXTRA_TARGETS
 
 # Busy unmounts: about 3 s of back-off in all before the lazy last resort.
 _UNMOUNT_ATTEMPTS = 8
@@ -93,10 +94,10 @@ def resolve_targets(extra: Iterable[str | PseudoFS]) -> tuple[PseudoFS, ...]:
             fs = item
         else:
             key = item.strip("/")
-            if key not in EXTRA_TARGETS:
-                known = ", ".join(sorted(EXTRA_TARGETS))
+            if key not in _BY_NAME:
+                known = ", ".join(sorted(_BY_NAME))
                 raise ValueError(f"unknown pseudo-filesystem {item!r} (known: {known})")
-            fs = EXTRA_TARGETS[key]
+            fs = _BY_NAME[key]
         guest_components(fs.target)
         if fs not in chosen:
             chosen.append(fs)
@@ -117,7 +118,8 @@ def guest_root_path(root: str | os.PathLike[str]) -> Path:
 class _Mounted:
     fs: PseudoFS
     path: Path
-    mount_id: int
+    mount_id: int | None = None
+    """Known once the mount is made private; the sweep checks by it."""
 
 
 class PseudoFSMounter:
@@ -222,10 +224,12 @@ class PseudoFSMounter:
                 syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
             except OSError as exc:
                 raise MountError(f"cannot mount {fs.source} on {path}: {exc.strerror}") from exc
-            mount_id = self._make_private(root_fd, fs, path)
-            mounted = _Mounted(fs, path, mount_id)
+            # On the stack before anything else can fail: from here on,
+            # whatever goes wrong unwinds this mount too.
+            mounted = _Mounted(fs, path)
             self._ours.append(mounted)
             stack.callback(self._unmount, mounted)
+            mounted.mount_id = self._make_private(root_fd, fs, path)
             probe.note_mounted(path)
             self.mounted.append(fs.target)
         finally:
@@ -242,16 +246,16 @@ class PseudoFSMounter:
         is later mounted or unmounted under one would happen under the other.
         """
         # Reopen: the fd used for mounting still points under the new mount.
-        fd = open_guest_dir(root_fd, fs.target)
         try:
-            mount_id = syscalls.mount_id_of_fd(fd)
+            fd = open_guest_dir(root_fd, fs.target)
+        except UnsafePathError as exc:
+            raise MountError(f"cannot reopen {path} after mounting: {exc}") from exc
+        try:
             try:
                 syscalls.mount(None, f"/proc/self/fd/{fd}", None, syscalls.MS_PRIVATE)
+                return syscalls.mount_id_of_fd(fd)
             except OSError as exc:
-                # Still ours to take down: unmount before reporting.
-                syscalls.umount(os.fspath(path), syscalls.MNT_DETACH | syscalls.UMOUNT_NOFOLLOW)
                 raise MountError(f"cannot make {path} private: {exc.strerror}") from exc
-            return mount_id
         finally:
             os.close(fd)
 
@@ -310,7 +314,7 @@ class PseudoFSMounter:
             return
         for _ in range(16):
             present = mount_ids()
-            left = [m for m in ours if m.mount_id in present]
+            left = [m for m in ours if m.mount_id is not None and m.mount_id in present]
             if not left:
                 return
             for mounted in reversed(left):
