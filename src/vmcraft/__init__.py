@@ -4,13 +4,19 @@ from vmcraft.chroot.mountinfo import MountCheck
 from vmcraft.chroot.pseudofs import PseudoFS, PseudoFSMounter
 from vmcraft.chroot.run import CommandResult
 from vmcraft.errors import (
+    AlreadyLaunchedError,
     CommandError,
     CommandTimeoutError,
+    DriveError,
+    GuestMountError,
     GuestRootError,
     HostToolMissingError,
+    ImageFormatError,
+    ImageNotFoundError,
     MountError,
     NotLaunchedError,
     NotRootError,
+    UnknownDeviceError,
     UnmountError,
     UnsafePathError,
     VMCraftError,
@@ -20,17 +26,23 @@ from vmcraft.handle import VMCraft
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyLaunchedError",
     "CommandError",
     "CommandResult",
     "CommandTimeoutError",
+    "DriveError",
+    "GuestMountError",
     "GuestRootError",
     "HostToolMissingError",
+    "ImageFormatError",
+    "ImageNotFoundError",
     "MountCheck",
     "MountError",
     "NotLaunchedError",
     "NotRootError",
     "PseudoFS",
     "PseudoFSMounter",
+    "UnknownDeviceError",
     "UnmountError",
     "UnsafePathError",
     "VMCraft",

@@ -87,3 +87,27 @@ class CommandTimeoutError(CommandError):
             message=f"{argv[0] if argv else 'command'}: killed after the {timeout:g} s timeout",
         )
         self.timeout = timeout
+
+
+class DriveError(VMCraftError):
+    """An image cannot be added or attached."""
+
+
+class ImageNotFoundError(DriveError):
+    """The image file does not exist or cannot be read."""
+
+
+class ImageFormatError(DriveError):
+    """The image's format is unknown, corrupt, unsupported or unsafe to open."""
+
+
+class UnknownDeviceError(VMCraftError):
+    """A guest device name that names nothing on this handle's drives."""
+
+
+class AlreadyLaunchedError(VMCraftError):
+    """The call is only allowed before ``launch()``."""
+
+
+class GuestMountError(MountError):
+    """A guest filesystem cannot be mounted or unmounted as asked."""

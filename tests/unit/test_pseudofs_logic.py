@@ -12,8 +12,7 @@ from pytest_mock import MockerFixture
 from structlog.testing import capture_logs
 
 import vmcraft
-from vmcraft import syscalls
-from vmcraft.chroot import pseudofs
+from vmcraft import syscalls, unmount
 from vmcraft.chroot.pseudofs import (
     DEFAULT_TARGETS,
     DEV,
@@ -44,7 +43,7 @@ def guest(tmp_path: Path) -> Path:
 @pytest.fixture
 def kernel(mocker: MockerFixture, guest: Path) -> FakeKernel:
     fake = install_fake_kernel(mocker, guest)
-    mocker.patch.object(pseudofs, "_UNMOUNT_WAIT", tenacity.wait_none())
+    mocker.patch("vmcraft.unmount.WAIT", tenacity.wait_none())
     return fake
 
 
@@ -239,7 +238,7 @@ def test_busy_forever_falls_back_to_lazy_unmount(guest: Path, kernel: FakeKernel
 
     sys_calls = [c.args[1] for c in kernel.umount.call_args_list if c.args[0].endswith("/sys")]
     # Retried while busy (with back-off, zero here), then detached lazily once.
-    assert len(sys_calls) > pseudofs._UNMOUNT_ATTEMPTS
+    assert len(sys_calls) > unmount.ATTEMPTS
     assert sys_calls[:-1] == [NOFOLLOW] * (len(sys_calls) - 1)
     assert sys_calls[-1] == LAZY
     assert kernel.unmounts() == ["sys", "dev", "proc"]

@@ -19,7 +19,6 @@ length of a ``with`` block:
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -27,8 +26,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-
-import tenacity
 
 from vmcraft import syscalls
 from vmcraft.chroot import reaper
@@ -38,6 +35,7 @@ from vmcraft.errors import GuestRootError, MountError, UnmountError, UnsafePathE
 from vmcraft.host import require_privileges
 from vmcraft.log import get_logger, ms_since
 from vmcraft.signals import deferred_signals
+from vmcraft.unmount import umount_if_mounted, unmount
 
 log = get_logger(__name__)
 
@@ -80,10 +78,6 @@ DEFAULT_TARGETS: tuple[PseudoFS, ...] = (PROC, DEV, SYS)
 EXTRA_TARGETS: dict[str, PseudoFS] = {fs.target: fs for fs in (DEV_PTS, RUN, EFIVARS)}
 EXTRA_TARGETS["efivarfs"] = EFIVARS
 _BY_NAME: dict[str, PseudoFS] = {fs.target: fs for fs in DEFAULT_TARGETS} | EXTRA_TARGETS
-
-# Busy unmounts: about 3 s of back-off in all before the lazy last resort.
-_UNMOUNT_ATTEMPTS = 8
-_UNMOUNT_WAIT = tenacity.wait_exponential(multiplier=0.025, max=0.8)
 
 
 def resolve_targets(extra: Iterable[str | PseudoFS]) -> tuple[PseudoFS, ...]:
@@ -264,44 +258,10 @@ class PseudoFSMounter:
 
     def _unmount(self, mounted: _Mounted) -> None:
         start = time.perf_counter()
-        target = os.fspath(mounted.path)
-        lazy = False
-        try:
-            _umount_if_mounted(target, 0)
-        except OSError as first:
-            if not _is_busy(first):
-                raise UnmountError(f"cannot unmount {target}: {first.strerror}") from first
-            lazy = self._unmount_busy(target)
-        log.debug("pseudofs.unmount", target=target, lazy=lazy, duration_ms=ms_since(start))
-
-    @staticmethod
-    def _unmount_busy(target: str) -> bool:
-        """Retry a busy unmount with back-off, then detach lazily; True if lazy."""
-        try:
-            for attempt in tenacity.Retrying(
-                retry=tenacity.retry_if_exception(_is_busy),
-                wait=_UNMOUNT_WAIT,
-                stop=tenacity.stop_after_attempt(_UNMOUNT_ATTEMPTS),
-                reraise=True,
-            ):
-                with attempt:
-                    _umount_if_mounted(target, 0)
-        except OSError as exc:
-            if exc.errno != errno.EBUSY:
-                raise UnmountError(f"cannot unmount {target}: {exc.strerror}") from exc
-            log.warning(
-                "pseudofs.lazy_unmount",
-                target=target,
-                reason="still busy after retries; detached lazily, it goes once unused",
-            )
-            try:
-                _umount_if_mounted(target, syscalls.MNT_DETACH)
-            except OSError as lazy_exc:
-                raise UnmountError(
-                    f"cannot unmount {target}, even lazily: {lazy_exc.strerror}"
-                ) from lazy_exc
-            return True
-        return False
+        lazy = unmount(mounted.path)
+        log.debug(
+            "pseudofs.unmount", target=str(mounted.path), lazy=lazy, duration_ms=ms_since(start)
+        )
 
     def _sweep(self) -> None:
         """Make sure none of our mounts outlived its unmount.
@@ -319,21 +279,8 @@ class PseudoFSMounter:
                 return
             for mounted in reversed(left):
                 log.warning("pseudofs.stacked_mount", target=str(mounted.path))
-                _umount_if_mounted(os.fspath(mounted.path), syscalls.MNT_DETACH)
+                umount_if_mounted(os.fspath(mounted.path), syscalls.MNT_DETACH)
         raise UnmountError(f"mounts still present under {self.root}: {[str(m.path) for m in left]}")
-
-
-def _umount_if_mounted(target: str, flags: int) -> None:
-    """umount2 that never follows a final symlink and accepts "not mounted"."""
-    try:
-        syscalls.umount(target, flags | syscalls.UMOUNT_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: not a mount point any more
-            raise
-
-
-def _is_busy(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno == errno.EBUSY
 
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Disk images: formats, loop devices, qemu-storage-daemon exports, guest device names."""
