@@ -7,6 +7,7 @@ written against it (hyper2kvm's fixers among them) catch exactly that.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -111,3 +112,13 @@ class AlreadyLaunchedError(VMCraftError):
 
 class GuestMountError(MountError):
     """A guest filesystem cannot be mounted or unmounted as asked."""
+
+
+class GuestFileError(VMCraftError):
+    """A file call on a guest path failed; carries the errno."""
+
+    def __init__(self, call: str, path: str, err: int) -> None:
+        super().__init__(f"{call}: {path}: {os.strerror(err)}")
+        self.call = call
+        self.path = path
+        self.errno = err

@@ -2,9 +2,19 @@
 
 The handle owns a guest root and the order in which resources are taken
 and given back (one ``ExitStack``); the layers below it each own one
-resource. Today a root comes from :meth:`VMCraft.from_root` (a tree the
-caller mounted); the disk calls (``add_drive_opts``, ``launch``, ``mount``)
-attach theirs to the same stack, so the command calls do not change.
+resource. A root comes either from :meth:`VMCraft.from_root` (a tree the
+caller mounted) or from disk images, libguestfs-style::
+
+    with VMCraft() as g:
+        g.add_drive_opts("disk.qcow2", readonly=False)
+        g.launch()
+        g.mount("/dev/sda2", "/")
+        g.command_with_mounts(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"])
+
+``launch`` attaches the drives (state directory, then per drive the
+qemu-storage-daemon export and the loop device); ``shutdown`` and leaving
+the ``with`` block release them in reverse: processes in the guest, guest
+mounts, loop devices, daemons, the state directory.
 """
 
 from __future__ import annotations
@@ -17,10 +27,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from vmcraft.chroot import reaper
+from vmcraft.chroot.devtree import dev_tree
 from vmcraft.chroot.mountinfo import MountCheck
 from vmcraft.chroot.pseudofs import PseudoFS, PseudoFSMounter, guest_root_path, resolve_targets
 from vmcraft.chroot.run import CommandResult, run_in_root
-from vmcraft.errors import CommandError, NotLaunchedError
+from vmcraft.disks.attach import AttachedDisks, DriveSpec
+from vmcraft.disks.images import vet_image
+from vmcraft.disks.statedir import state_directory
+from vmcraft.errors import (
+    AlreadyLaunchedError,
+    CommandError,
+    DriveError,
+    GuestMountError,
+    NotLaunchedError,
+)
+from vmcraft.guest.files import GuestFiles
+from vmcraft.guest.mounts import GuestMount, GuestMounts
+from vmcraft.host import require_privileges
+from vmcraft.inspect.inspector import OSInfo, inspect_all
 from vmcraft.log import get_logger, ms_since
 
 log = get_logger(__name__)
@@ -46,6 +71,10 @@ class VMCraft:
         self._root: Path | None = None
         self._stack = ExitStack()
         self._held: list[PseudoFSMounter] = []
+        self._drives: list[DriveSpec] = []
+        self._disks: AttachedDisks | None = None
+        self._mounts: GuestMounts | None = None
+        self._inspected: dict[str, OSInfo] | None = None
 
     @classmethod
     def from_root(
@@ -82,21 +111,264 @@ class VMCraft:
             self._stack.close()
         finally:
             self._root = None
+            self._disks = None
+            self._mounts = None
+            self._inspected = None
+            self._drives = []
+            self._stack = ExitStack()
 
     shutdown = close
 
     def __repr__(self) -> str:
+        if self._disks is not None:
+            drives = ", ".join(
+                f"{name}={d.path.name}{' ro' if d.readonly else ''}"
+                for name, d in zip(self._disks.table.list_devices(), self._drives, strict=True)
+            )
+            mounts = ", ".join(f"{m.device} on {m.mountpoint}" for m in self._mounts_or_empty())
+            return f"<VMCraft launched drives=[{drives}] mounts=[{mounts}]>"
+        if self._drives:
+            return f"<VMCraft not launched, drives={[str(d.path) for d in self._drives]}>"
         where = str(self._root) if self._root else "not launched"
         return f"<VMCraft root={where!r} mount_check={self.mount_check.value}>"
+
+    def _mounts_or_empty(self) -> list[GuestMount]:
+        return self._mounts.mounts if self._mounts is not None else []
 
     @property
     def root(self) -> Path:
         """The host directory holding the guest's root filesystem."""
-        if self._root is None:
-            raise NotLaunchedError(
-                "no guest root: call launch() and mount(), or use VMCraft.from_root()"
-            )
-        return self._root
+        if self._root is not None:
+            return self._root
+        if self._mounts is not None:
+            if any(m.mountpoint == "/" for m in self._mounts.mounts):
+                return self._mounts.root
+            raise NotLaunchedError("nothing is mounted at the guest's /: call mount() first")
+        raise NotLaunchedError(
+            "no guest root: call launch() and mount(), or use VMCraft.from_root()"
+        )
+
+    # -- drives -----------------------------------------------------------
+
+    def add_drive_opts(
+        self,
+        filename: str | os.PathLike[str],
+        readonly: bool = True,
+        format: str | None = None,
+        **_ignored: object,
+    ) -> None:
+        """Add a disk image; read-only unless ``readonly=False`` (as in the seed).
+
+        The image is checked now (exists, readable, a format qemu reads, no
+        backing file), so a bad path fails here, before anything is attached.
+        """
+        if self._disks is not None:
+            raise AlreadyLaunchedError("add_drive_opts: drives must be added before launch()")
+        path = Path(os.path.abspath(filename))
+        info = vet_image(path, format, writable=not readonly)
+        self._drives.append(DriveSpec(path, info.format, readonly))
+
+    def add_drive(self, filename: str | os.PathLike[str], **kwargs: object) -> None:
+        self.add_drive_opts(filename, **kwargs)  # type: ignore[arg-type]
+
+    def add_drive_ro(self, filename: str | os.PathLike[str]) -> None:
+        self.add_drive_opts(filename, readonly=True)
+
+    def launch(self) -> None:
+        """Attach every added drive to the host and make its devices visible."""
+        if self._disks is not None:
+            raise AlreadyLaunchedError("launch: the handle is already launched")
+        if self._root is not None:
+            raise AlreadyLaunchedError("launch: this handle was made from a mounted root")
+        if not self._drives:
+            raise DriveError("launch: no drives added (call add_drive_opts first)")
+        require_privileges("launching (loop devices, mounts)")
+        start = time.perf_counter()
+        with ExitStack() as stack:
+            workdir = stack.enter_context(state_directory())
+            (workdir / "root").mkdir(mode=0o755)
+            disks = stack.enter_context(AttachedDisks(self._drives, workdir))
+            mounts = GuestMounts(workdir / "root")
+            # Runs first on shutdown: nothing may run in the guest while
+            # its filesystems come down.
+            stack.callback(mounts.umount_all)
+            stack.callback(reaper.reap, workdir)
+            self._stack = stack.pop_all()
+        self._disks, self._mounts = disks, mounts
+        log.info("launch", drives=len(self._drives), duration_ms=ms_since(start))
+
+    def _attached(self) -> AttachedDisks:
+        if self._disks is None:
+            raise NotLaunchedError("call launch() first")
+        return self._disks
+
+    def list_devices(self) -> list[str]:
+        return self._attached().table.list_devices()
+
+    def list_partitions(self) -> list[str]:
+        return self._attached().table.list_partitions()
+
+    def lvs(self) -> list[str]:
+        return self._attached().table.list_lvs()
+
+    def list_filesystems(self) -> dict[str, str]:
+        """Every device that can hold a filesystem -> its type (``unknown`` if none).
+
+        Whole disks with a partition table and LVM physical volumes are left
+        out, as libguestfs does.
+        """
+        disks = self._attached()
+        found = {}
+        for name in disks.table.all_devices():
+            ids = disks.ids.get(name, {})
+            if "PTTYPE" in ids and "TYPE" not in ids:
+                continue
+            if ids.get("TYPE") == "LVM2_member":
+                continue
+            if name in disks.table.list_devices() and not ids:
+                continue
+            found[name] = ids.get("TYPE", "unknown")
+        return found
+
+    def _ids(self, device: str) -> dict[str, str]:
+        disks = self._attached()
+        disks.table.host_node(device)  # raises UnknownDeviceError
+        return disks.ids.get(disks.table.canonical(device), {})
+
+    def vfs_type(self, mountable: str) -> str:
+        return self._ids(mountable).get("TYPE", "")
+
+    def vfs_uuid(self, mountable: str) -> str:
+        return self._ids(mountable).get("UUID", "")
+
+    def vfs_label(self, mountable: str) -> str:
+        return self._ids(mountable).get("LABEL", "")
+
+    def canonical_device_name(self, device: str) -> str:
+        return self._attached().table.canonical(device)
+
+    # -- guest mounts -------------------------------------------------------
+
+    def _guest_mounts(self) -> GuestMounts:
+        if self._mounts is None:
+            raise NotLaunchedError("call launch() first")
+        return self._mounts
+
+    def mount_options(self, options: str, mountable: str, mountpoint: str) -> None:
+        disks = self._attached()
+        node = disks.table.host_node(mountable)
+        self._guest_mounts().mount(
+            disks.table.canonical(mountable),
+            node,
+            mountpoint,
+            readonly=disks.readonly(mountable),
+            options=options,
+        )
+
+    def mount(self, mountable: str, mountpoint: str) -> None:
+        """Mount a guest device at a guest path (``/`` first); read-only drives mount ro."""
+        self.mount_options("", mountable, mountpoint)
+
+    def mount_ro(self, mountable: str, mountpoint: str) -> None:
+        disks = self._attached()
+        self._guest_mounts().mount(
+            disks.table.canonical(mountable),
+            disks.table.host_node(mountable),
+            mountpoint,
+            readonly=True,
+        )
+
+    def umount(self, pathordevice: str) -> None:
+        mounts = self._guest_mounts()
+        for entry in mounts.mounts:
+            if pathordevice in (entry.device, self.canonical_device_name(pathordevice)):
+                pathordevice = entry.mountpoint
+                break
+        if self._root_is("/") and pathordevice == "/" and self._held:
+            raise GuestMountError("umount: the pseudo-filesystems are held on /")
+        reaper.reap(mounts.root)
+        mounts.umount(pathordevice)
+
+    def _root_is(self, point: str) -> bool:
+        return any(m.mountpoint == point for m in self._mounts_or_empty())
+
+    def umount_all(self) -> None:
+        mounts = self._guest_mounts()
+        reaper.reap(mounts.root)
+        mounts.umount_all()
+
+    def mountpoints(self) -> dict[str, str]:
+        """Guest device -> guest mount point, for what is mounted now."""
+        return {m.device: m.mountpoint for m in self._mounts_or_empty()}
+
+    def mounts(self) -> list[str]:
+        return [m.device for m in self._mounts_or_empty()]
+
+    # -- inspection ---------------------------------------------------------
+
+    def inspect_os(self) -> list[str]:
+        """The root devices of the operating systems found on the drives."""
+        disks = self._attached()
+        if self._inspected is None:
+            self._inspected = inspect_all(disks, disks.workdir / "inspect")
+        return sorted(self._inspected)
+
+    def _os(self, root: str) -> OSInfo:
+        self.inspect_os()
+        inspected = self._inspected or {}
+        canon = self.canonical_device_name(root)
+        if canon not in inspected:
+            raise GuestMountError(f"{root}: not an inspected root (call inspect_os first)")
+        return inspected[canon]
+
+    def inspect(self, root: str) -> OSInfo:
+        """Everything inspection found about one root, as a value."""
+        return self._os(root)
+
+    def inspect_get_type(self, root: str) -> str:
+        return self._os(root).type
+
+    def inspect_get_distro(self, root: str) -> str:
+        return self._os(root).distro
+
+    def inspect_get_product_name(self, root: str) -> str:
+        return self._os(root).product_name
+
+    def inspect_get_major_version(self, root: str) -> int:
+        return self._os(root).major_version
+
+    def inspect_get_minor_version(self, root: str) -> int:
+        return self._os(root).minor_version
+
+    def inspect_get_mountpoints(self, root: str) -> dict[str, str]:
+        """Guest mount point -> guest device, from the guest's fstab."""
+        return dict(self._os(root).mountpoints)
+
+    # -- guest files --------------------------------------------------------
+
+    def _files(self) -> GuestFiles:
+        return GuestFiles(self.root)
+
+    def exists(self, path: str) -> bool:
+        return self._files().exists(path)
+
+    def is_file(self, path: str, followsymlinks: bool = False) -> bool:
+        return self._files().is_file(path, followsymlinks)
+
+    def is_dir(self, path: str, followsymlinks: bool = False) -> bool:
+        return self._files().is_dir(path, followsymlinks)
+
+    def read_file(self, path: str) -> bytes:
+        return self._files().read_file(path)
+
+    def cat(self, path: str) -> str:
+        return self._files().read_file(path).decode(errors="replace")
+
+    def write(self, path: str, content: bytes | str) -> None:
+        self._files().write(path, content)
+
+    def ls(self, directory: str) -> list[str]:
+        return self._files().ls(directory)
 
     # -- commands ---------------------------------------------------------
 
@@ -137,9 +409,13 @@ class VMCraft:
         """
         return self._checked(self.run(cmd, timeout=timeout, env=env), quiet=True)
 
+    def _dev(self) -> PseudoFS | None:
+        # Guests on attached disks get their own /dev (see chroot/devtree.py).
+        return dev_tree(self._disks.block_devices()) if self._disks is not None else None
+
     def pseudofs(self, extra: Sequence[str | PseudoFS] = ()) -> PseudoFSMounter:
         """A mounter for this guest, not yet entered."""
-        return PseudoFSMounter(self.root, extra=extra, check=self.mount_check)
+        return PseudoFSMounter(self.root, extra=extra, check=self.mount_check, dev=self._dev())
 
     @contextmanager
     def hold_mounts(self, extra: Sequence[str | PseudoFS] = ()) -> Iterator[PseudoFSMounter]:
@@ -160,7 +436,7 @@ class VMCraft:
     def _holding(self, extra: Sequence[str | PseudoFS]) -> bool:
         if not self._held:
             return False
-        wanted = set(resolve_targets(extra))
+        wanted = set(resolve_targets(extra, self._dev()))
         return any(wanted <= set(m.targets) for m in self._held)
 
     def command_with_mounts(

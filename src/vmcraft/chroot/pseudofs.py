@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -52,6 +52,8 @@ class PseudoFS:
     """``None`` for a bind mount, else the type of a fresh mount."""
     flags: int = 0
     data: str | None = None
+    populate: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
+    """Fills a fresh mount, given an fd on its root (see ``devtree.py``)."""
 
     @property
     def is_bind(self) -> bool:
@@ -80,9 +82,11 @@ EXTRA_TARGETS["efivarfs"] = EFIVARS
 _BY_NAME: dict[str, PseudoFS] = {fs.target: fs for fs in DEFAULT_TARGETS} | EXTRA_TARGETS
 
 
-def resolve_targets(extra: Iterable[str | PseudoFS]) -> tuple[PseudoFS, ...]:
-    """The default three, then each extra (by name or spec) in the order given."""
-    chosen = list(DEFAULT_TARGETS)
+def resolve_targets(
+    extra: Iterable[str | PseudoFS], dev: PseudoFS | None = None
+) -> tuple[PseudoFS, ...]:
+    """The default three (``dev`` replacing the bind of /dev), then each extra in order."""
+    chosen = [PROC, dev or DEV, SYS]
     for item in extra:
         if isinstance(item, PseudoFS):
             fs = item
@@ -93,7 +97,7 @@ def resolve_targets(extra: Iterable[str | PseudoFS]) -> tuple[PseudoFS, ...]:
                 raise ValueError(f"unknown pseudo-filesystem {item!r} (known: {known})")
             fs = _BY_NAME[key]
         guest_components(fs.target)
-        if fs not in chosen:
+        if fs.target not in {c.target for c in chosen}:
             chosen.append(fs)
     return tuple(chosen)
 
@@ -131,9 +135,10 @@ class PseudoFSMounter:
         extra: Sequence[str | PseudoFS] = (),
         check: MountCheck | str = MountCheck.MOUNTPOINT,
         grace: float = 2.0,
+        dev: PseudoFS | None = None,
     ) -> None:
         self.root = guest_root_path(root)
-        self.targets = resolve_targets(extra)
+        self.targets = resolve_targets(extra, dev)
         self.check = MountCheck(check)
         self.grace = grace
         self.timings: dict[str, float] = {}
@@ -247,9 +252,15 @@ class PseudoFSMounter:
         try:
             try:
                 syscalls.mount(None, f"/proc/self/fd/{fd}", None, syscalls.MS_PRIVATE)
-                return syscalls.mount_id_of_fd(fd)
+                mount_id = syscalls.mount_id_of_fd(fd)
             except OSError as exc:
                 raise MountError(f"cannot make {path} private: {exc.strerror}") from exc
+            if fs.populate is not None:
+                try:
+                    fs.populate(fd)
+                except OSError as exc:
+                    raise MountError(f"cannot fill {path}: {exc}") from exc
+            return mount_id
         finally:
             os.close(fd)
 

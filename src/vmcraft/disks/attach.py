@@ -1,0 +1,122 @@
+"""All of a handle's drives attached to the host, and the guest names of their devices.
+
+raw images go straight onto a loop device; every other format through a
+qemu-storage-daemon FUSE export under a loop device. Read-only is honoured
+at each layer: the daemon's block node and export, the loop device, and
+(by the handle) the mount.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from vmcraft.chroot.devtree import BlockDevice
+from vmcraft.disks import blkid, loop, qsd
+from vmcraft.disks.names import DeviceTable
+from vmcraft.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    """A drive as ``add_drive_opts`` recorded it."""
+
+    path: Path
+    format: str
+    readonly: bool
+
+
+class AttachedDisks:
+    """Context manager: attach on enter, detach everything on exit (LIFO)."""
+
+    def __init__(self, drives: list[DriveSpec], workdir: Path) -> None:
+        self.drives = drives
+        self.workdir = workdir
+        self.table = DeviceTable()
+        self.ids: dict[str, dict[str, str]] = {}
+        """blkid's view of every guest device, by guest name."""
+        self._readonly: dict[str, bool] = {}
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> AttachedDisks:
+        with ExitStack() as stack:
+            for index, drive in enumerate(self.drives):
+                backing = drive.path
+                if drive.format != "raw":
+                    export = qsd.start_export(
+                        drive.path,
+                        drive.format,
+                        self.workdir / f"drive{index}.raw",
+                        readonly=drive.readonly,
+                    )
+                    stack.callback(export.stop)
+                    backing = export.export
+                device = loop.attach(backing, readonly=drive.readonly)
+                stack.callback(device.detach)
+                name = self.table.add_disk(device.path, device.partitions())
+                log.info(
+                    "drive.attached",
+                    drive=name,
+                    image=str(drive.path),
+                    format=drive.format,
+                    readonly=drive.readonly,
+                    node=str(device.path),
+                    via="loop" if drive.format == "raw" else "qemu-storage-daemon+loop",
+                )
+                for guest in [name, *self._partitions_of(name)]:
+                    self._readonly[guest] = drive.readonly
+            self.probe_all()
+            self._stack = stack.pop_all()
+        return self
+
+    def _partitions_of(self, disk: str) -> list[str]:
+        return [p for p in self.table.list_partitions() if p.rstrip("0123456789") == disk]
+
+    def probe_all(self) -> None:
+        self.ids = {
+            name: blkid.probe(self.table.host_node(name)) for name in self.table.all_devices()
+        }
+
+    def readonly(self, name: str) -> bool:
+        return self._readonly.get(self.table.canonical(name), True)
+
+    def add_volume(self, name: str, node: Path, *, readonly: bool) -> None:
+        self.table.volumes[name] = node
+        self._readonly[name] = readonly
+        self.ids[name] = blkid.probe(node)
+
+    def block_devices(self) -> tuple[BlockDevice, ...]:
+        """Every guest device as the guest's /dev is to show it."""
+        devices = []
+        for name in self.table.all_devices():
+            ids = self.ids.get(name, {})
+            links = {}
+            if ids.get("UUID") and ids.get("TYPE") not in ("LVM2_member", None):
+                links["by-uuid"] = ids["UUID"]
+            if ids.get("PART_ENTRY_UUID"):
+                links["by-partuuid"] = ids["PART_ENTRY_UUID"]
+            if ids.get("LABEL"):
+                links["by-label"] = ids["LABEL"]
+            aliases = [name.removeprefix("/dev/")]
+            if name in self.table.volumes:
+                vg, lv = name.removeprefix("/dev/").split("/", 1)
+                aliases.append(f"mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}")
+            devices.append(
+                BlockDevice(os.fspath(self.table.host_node(name)), tuple(aliases), links)
+            )
+        return tuple(devices)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()

@@ -1,0 +1,1 @@
+"""The guest's filesystems: mounting them, and reading and writing inside them."""

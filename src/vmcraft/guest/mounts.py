@@ -1,0 +1,167 @@
+"""The guest's own filesystems, mounted in the handle's private tree.
+
+Mount points are guest paths, opened inside the guest without following
+its symlinks (a guest ``/boot`` that links to ``/etc`` on the host is
+refused), and each mount is made through the checked fd, made private, and
+taken down in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmcraft import syscalls
+from vmcraft.chroot.safepath import open_guest_dir
+from vmcraft.disks.blkid import probe
+from vmcraft.errors import GuestMountError, UnmountError, UnsafePathError
+from vmcraft.log import get_logger
+from vmcraft.signals import deferred_signals
+from vmcraft.unmount import unmount
+
+log = get_logger(__name__)
+
+# A read-only mount must not replay a journal: that writes to the disk.
+NO_REPLAY = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
+
+
+@dataclass(frozen=True)
+class GuestMount:
+    device: str
+    """The guest name (``/dev/sda2``)."""
+    node: Path
+    mountpoint: str
+    """The guest path (``/boot``)."""
+    target: Path
+    """Where it is on the host."""
+    fstype: str
+    readonly: bool
+
+
+def normalize(mountpoint: str) -> str:
+    if not mountpoint.startswith("/"):
+        raise GuestMountError(f"mount point {mountpoint!r} must be an absolute guest path")
+    norm = posixpath.normpath(mountpoint)
+    if norm.startswith("//"):
+        norm = norm[1:]
+    if ".." in norm.split("/"):
+        raise GuestMountError(f"mount point {mountpoint!r} must not contain '..'")
+    return norm
+
+
+class GuestMounts:
+    """The stack of guest filesystems mounted under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._stack: list[GuestMount] = []
+
+    @property
+    def mounts(self) -> list[GuestMount]:
+        return list(self._stack)
+
+    def mount(
+        self,
+        device: str,
+        node: Path,
+        mountpoint: str,
+        *,
+        readonly: bool,
+        options: str = "",
+        fstype: str | None = None,
+    ) -> GuestMount:
+        point = normalize(mountpoint)
+        if any(m.mountpoint == point for m in self._stack):
+            raise GuestMountError(f"{point} is already mounted")
+        if point != "/" and not any(m.mountpoint == "/" for m in self._stack):
+            raise GuestMountError(f"mount the guest's / before {point}")
+        fstype = fstype or probe(node).get("TYPE")
+        if not fstype:
+            raise GuestMountError(f"{device}: no filesystem found")
+        if fstype in ("swap", "LVM2_member", "crypto_LUKS"):
+            raise GuestMountError(f"{device}: a {fstype} device cannot be mounted")
+        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if point == "/":
+                fd = os.dup(root_fd)
+            else:
+                try:
+                    fd = open_guest_dir(root_fd, point.lstrip("/"))
+                except UnsafePathError as exc:
+                    raise GuestMountError(f"cannot mount {device} on {point}: {exc}") from exc
+        finally:
+            os.close(root_fd)
+        target = self.root if point == "/" else self.root / point.lstrip("/")
+        try:
+            with deferred_signals():
+                self._mount_fd(node, fd, fstype, readonly=readonly, options=options, device=device)
+                # The fd still names the directory under the new mount; the
+                # path (checked just now) reaches the mount itself.
+                with contextlib.suppress(OSError):  # already private under a private parent
+                    syscalls.mount(None, os.fspath(target), None, syscalls.MS_PRIVATE)
+                entry = GuestMount(device, node, point, target, fstype, readonly)
+                self._stack.append(entry)
+        finally:
+            os.close(fd)
+        log.debug("guest.mount", device=device, mountpoint=point, fstype=fstype, ro=readonly)
+        return entry
+
+    @staticmethod
+    def _mount_fd(
+        node: Path, fd: int, fstype: str, *, readonly: bool, options: str, device: str
+    ) -> None:
+        flags = syscalls.MS_RDONLY if readonly else 0
+        where = f"/proc/self/fd/{fd}"
+        tries = [options]
+        if readonly and fstype in NO_REPLAY:
+            tries.append(",".join(filter(None, [options, NO_REPLAY[fstype]])))
+        failure = ""
+        for data in tries:
+            try:
+                syscalls.mount(os.fspath(node), where, fstype, flags, data or None)
+                return
+            except OSError as exc:
+                failure = exc.strerror or str(exc)
+        raise GuestMountError(f"cannot mount {device} ({fstype}): {failure}")
+
+    def umount(self, mountpoint: str) -> None:
+        point = normalize(mountpoint)
+        entry = next((m for m in self._stack if m.mountpoint == point), None)
+        if entry is None:
+            raise GuestMountError(f"{point} is not mounted")
+        prefix = point.rstrip("/") + "/"
+        below = [m.mountpoint for m in self._stack if m.mountpoint.startswith(prefix)]
+        if below:
+            raise GuestMountError(f"{point} has mounts below it: {', '.join(below)}")
+        with deferred_signals():
+            self._unmount(entry)
+            self._stack.remove(entry)
+
+    def umount_all(self) -> None:
+        """Unmount everything in reverse order; keeps going past a failure."""
+        errors = []
+        with deferred_signals():
+            while self._stack:
+                entry = self._stack[-1]
+                try:
+                    self._unmount(entry)
+                except (OSError, UnmountError) as exc:
+                    errors.append(f"{entry.mountpoint}: {exc}")
+                self._stack.pop()
+        if errors:
+            raise GuestMountError("; ".join(errors))
+
+    @staticmethod
+    def _unmount(entry: GuestMount) -> None:
+        os.sync()  # ask the kernel to write back before the device goes
+        try:
+            lazy = unmount(entry.target)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return
+            raise
+        log.debug("guest.umount", mountpoint=entry.mountpoint, lazy=lazy)

@@ -1,0 +1,1 @@
+"""What operating system a guest holds: os-release, fstab, distro family."""
