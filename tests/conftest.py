@@ -10,9 +10,14 @@ namespace.
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.fixtures.guestdisk import DebianDisk, debian_disk
+from tests.leaks import snapshot
 from vmcraft import syscalls
 
 IS_ROOT = os.geteuid() == 0
@@ -32,3 +37,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def debian() -> DebianDisk:
+    """The cached Debian bookworm guest disk (built on first use, ~1 min)."""
+    return debian_disk()
+
+
+CopyImage = Callable[[str], Path]
+
+
+@pytest.fixture
+def image_copy(debian: DebianDisk, tmp_path: Path) -> CopyImage:
+    """A writable copy of the Debian disk in the format asked for."""
+
+    def copy(fmt: str) -> Path:
+        target = tmp_path / f"guest.{fmt}"
+        subprocess.run(
+            ["cp", "--sparse=always", "--", os.fspath(debian.image(fmt)), os.fspath(target)],
+            check=True,
+        )
+        target.chmod(0o644)
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def leak_check() -> Iterator[None]:
+    """Fail the test if it leaves a mount, loop device, image daemon or state directory."""
+    before = snapshot()
+    yield
+    assert snapshot() == before

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,18 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.guestroot import minbase_root
+from tests.leaks import mount_table, snapshot
 from vmcraft import syscalls
 from vmcraft.chroot import reaper
-from vmcraft.chroot.mountinfo import read_mountinfo
 
-
-def mount_table() -> list[tuple[int, str, str]]:
-    """What a leak would change: every mount's id, place and type."""
-    return [(e.mount_id, e.mount_point, e.fstype) for e in read_mountinfo()]
-
-
-def loop_devices() -> set[str]:
-    return {os.path.dirname(os.path.dirname(p)) for p in glob.glob("/sys/block/loop*/loop")}
+__all__ = ["mount_table"]
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +25,11 @@ def minbase() -> Path:
 
 @pytest.fixture(autouse=True)
 def no_leaks(tmp_path: Path) -> Iterator[None]:
-    """Fail the test if it leaves a mount, a loop device or a guest process."""
-    mounts, loops = mount_table(), loop_devices()
+    """Fail the test if it leaves a mount, loop device, daemon or guest process."""
+    before = snapshot()
     yield
     assert reaper.processes_rooted_in(tmp_path) == [], "a process still runs in the guest"
-    assert mount_table() == mounts, "the mount table changed"
-    assert loop_devices() == loops, "a loop device was left attached"
+    assert snapshot() == before
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration.conftest import mount_table
+from tests.leaks import mount_table
 from vmcraft import (
     CommandError,
     CommandTimeoutError,
