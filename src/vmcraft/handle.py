@@ -211,6 +211,16 @@ class VMCraft:
     def lvs(self) -> list[str]:
         return self._attached().table.list_lvs()
 
+    @property
+    def lvm_method(self) -> str | None:
+        """How the guest's LVs were reached: ``device-mapper``, ``loop``, or None (no LVM)."""
+        return self._attached().lvm_method
+
+    @property
+    def unreachable_lvs(self) -> dict[str, str]:
+        """LVs that could not be reached on this host, with the reason."""
+        return dict(self._attached().unreachable)
+
     def list_filesystems(self) -> dict[str, str]:
         """Every device that can hold a filesystem -> its type (``unknown`` if none).
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vmcraft.chroot.devtree import BlockDevice
-from vmcraft.disks import blkid, loop, qsd
+from vmcraft.disks import blkid, loop, lvm, qsd
 from vmcraft.disks.names import DeviceTable
 from vmcraft.log import get_logger
 
@@ -42,6 +42,10 @@ class AttachedDisks:
         """blkid's view of every guest device, by guest name."""
         self._readonly: dict[str, bool] = {}
         self._stack: ExitStack | None = None
+        self.lvm_method: str | None = None
+        """How LVs were reached: ``device-mapper``, ``loop`` (no dm), or None (no LVM)."""
+        self.unreachable: dict[str, str] = {}
+        """LVs that could not be reached, with the reason."""
 
     def __enter__(self) -> AttachedDisks:
         with ExitStack() as stack:
@@ -71,8 +75,52 @@ class AttachedDisks:
                 for guest in [name, *self._partitions_of(name)]:
                     self._readonly[guest] = drive.readonly
             self.probe_all()
+            pvs = [
+                self.table.host_node(name)
+                for name, ids in self.ids.items()
+                if ids.get("TYPE") == "LVM2_member"
+            ]
+            if pvs:
+                self._attach_volumes(stack, pvs)
             self._stack = stack.pop_all()
         return self
+
+    def _attach_volumes(self, stack: ExitStack, pvs: list[Path]) -> None:
+        volumes, pe_start = lvm.scan(pvs)
+        pv_readonly = {node: self.readonly(self.table.guest_name(node)) for node in pvs}
+        if lvm.device_mapper_available():
+            self.lvm_method = "device-mapper"
+            for vg in sorted({lv.vg for lv in volumes}):
+                lvm.activate(vg, pvs)
+                stack.callback(lvm.deactivate, vg, pvs)
+            for lv in volumes:
+                dm_name = f"{lv.vg.replace('-', '--')}-{lv.name.replace('-', '--')}"
+                node = Path(os.path.realpath(f"/dev/mapper/{dm_name}"))
+                if not node.exists():
+                    self.unreachable[lv.guest_name] = "not activated by device-mapper"
+                    continue
+                readonly = any(pv_readonly[s.pv] for s in lv.segments)
+                self.add_volume(lv.guest_name, node, readonly=readonly)
+        else:
+            self.lvm_method = "loop"
+            for lv in volumes:
+                span = lvm.linear_range(lv, pe_start)
+                if isinstance(span, str):
+                    self.unreachable[lv.guest_name] = span
+                    log.warning("lvm.unreachable", lv=lv.guest_name, reason=span)
+                    continue
+                readonly = pv_readonly[span.pv]
+                device = loop.attach(
+                    span.pv, readonly=readonly, offset=span.offset, size=span.size, partitions=False
+                )
+                stack.callback(device.detach)
+                self.add_volume(lv.guest_name, device.path, readonly=readonly)
+        log.info(
+            "lvm.volumes",
+            method=self.lvm_method,
+            reachable=self.table.list_lvs(),
+            unreachable=self.unreachable,
+        )
 
     def _partitions_of(self, disk: str) -> list[str]:
         return [p for p in self.table.list_partitions() if p.rstrip("0123456789") == disk]
