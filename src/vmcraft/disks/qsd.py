@@ -12,16 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from vmcraft import syscalls
 from vmcraft.chroot.mountinfo import mount_points
-from vmcraft.chroot.reaper import wait_gone
 from vmcraft.errors import DriveError, ImageFormatError
 from vmcraft.host import host_tool
 from vmcraft.log import get_logger
@@ -31,29 +28,30 @@ log = get_logger(__name__)
 
 @dataclass
 class StorageExport:
-    """A running qemu-storage-daemon and the raw file it exports."""
+    """A running qemu-storage-daemon (our child) and the raw file it exports."""
 
     image: Path
     export: Path
-    pid: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the daemon (it unmounts its export), forcefully if it must."""
-        proc: psutil.Process | None
-        try:
-            proc = psutil.Process(self.pid)
-            if os.fspath(self.export) not in " ".join(proc.cmdline()):
-                proc = None  # the pid was reused: not ours to signal
-        except psutil.NoSuchProcess:
-            proc = None
-        if proc is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGTERM)
-            if wait_gone([proc], timeout):
+        """End the daemon (it unmounts its export), forcefully if it must.
+
+        The daemon is our child, so waiting for it also reaps it: nothing is
+        left behind as a zombie for init to collect.
+        """
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
                 log.warning("qsd.kill", pid=self.pid)
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
-                wait_gone([proc], timeout)
+                self.process.kill()
+                self.process.wait()
         if os.fspath(self.export) in mount_points():
             log.warning("qsd.stale_export", export=str(self.export))
             with contextlib.suppress(OSError):
@@ -68,6 +66,7 @@ def start_export(image: Path, fmt: str, export: Path, *, readonly: bool) -> Stor
         raise DriveError(f"/dev/fuse is missing: cannot attach {fmt} images on this host")
     export.touch(mode=0o600)
     pidfile = export.with_suffix(".pid")
+    errors = export.with_suffix(".log")
     blockdev: dict[str, object] = {
         "driver": fmt,
         "node-name": "disk",
@@ -91,20 +90,21 @@ def start_export(image: Path, fmt: str, export: Path, *, readonly: bool) -> Stor
         json.dumps(fuse),
         "--pidfile",
         os.fspath(pidfile),
-        "--daemonize",
     ]
-    # --daemonize returns once the export is up, or fails with the reason.
-    done = subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1:] or ["qemu-storage-daemon failed"]
-        raise ImageFormatError(f"cannot open {os.fspath(image)!r} as {fmt}: {reason[0]}")
-    pid = int(pidfile.read_text().strip())
-    log.debug("qsd.start", image=str(image), fmt=fmt, export=str(export), pid=pid)
-    return StorageExport(image=image, export=export, pid=pid)
+    with open(errors, "wb") as err:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+        )
+    daemon = StorageExport(image=image, export=export, process=process)
+    # The pid file is written once every option, the export included, is set up.
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and os.fspath(export) in mount_points()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            daemon.stop()
+            reason = errors.read_text(errors="replace").strip().splitlines()[-1:] or [
+                "qemu-storage-daemon did not start"
+            ]
+            raise ImageFormatError(f"cannot open {os.fspath(image)!r} as {fmt}: {reason[0]}")
+        time.sleep(0.005)
+    log.debug("qsd.start", image=str(image), fmt=fmt, export=str(export), pid=process.pid)
+    return daemon
