@@ -35,3 +35,4 @@ def bench(session: nox.Session) -> None:
     """Per-command cost of the enhanced chroot beside its peers (needs root)."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench_chroot.py", *session.posargs)
+    session.run("python", "benchmarks/bench_disks.py")
