@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from vmcraft.chroot.devtree import BlockDevice
-from vmcraft.disks import blkid, loop, lvm, qsd
+from vmcraft.disks import blkid, loop, lvm, nbd, qsd
 from vmcraft.disks.names import DeviceTable
 from vmcraft.log import get_logger
 
@@ -50,16 +50,9 @@ class AttachedDisks:
     def __enter__(self) -> AttachedDisks:
         with ExitStack() as stack:
             for index, drive in enumerate(self.drives):
-                backing = drive.path
+                backing, via = drive.path, "loop"
                 if drive.format != "raw":
-                    export = qsd.start_export(
-                        drive.path,
-                        drive.format,
-                        self.workdir / f"drive{index}.raw",
-                        readonly=drive.readonly,
-                    )
-                    stack.callback(export.stop)
-                    backing = export.export
+                    backing, via = self._raw_view(stack, index, drive)
                 device = loop.attach(backing, readonly=drive.readonly)
                 stack.callback(device.detach)
                 name = self.table.add_disk(device.path, device.partitions())
@@ -70,7 +63,7 @@ class AttachedDisks:
                     format=drive.format,
                     readonly=drive.readonly,
                     node=str(device.path),
-                    via="loop" if drive.format == "raw" else "qemu-storage-daemon+loop",
+                    via=via,
                 )
                 for guest in [name, *self._partitions_of(name)]:
                     self._readonly[guest] = drive.readonly
@@ -84,6 +77,18 @@ class AttachedDisks:
                 self._attach_volumes(stack, pvs)
             self._stack = stack.pop_all()
         return self
+
+    def _raw_view(self, stack: ExitStack, index: int, drive: DriveSpec) -> tuple[Path, str]:
+        """A raw view of a non-raw image: a FUSE export, or nbd where FUSE is missing."""
+        if not os.path.exists("/dev/fuse") and nbd.nbd_available():
+            connection = nbd.connect(drive.path, drive.format, readonly=drive.readonly)
+            stack.callback(connection.disconnect)
+            return connection.device, "qemu-nbd+loop"
+        export = qsd.start_export(
+            drive.path, drive.format, self.workdir / f"drive{index}.raw", readonly=drive.readonly
+        )
+        stack.callback(export.stop)
+        return export.export, "qemu-storage-daemon+loop"
 
     def _attach_volumes(self, stack: ExitStack, pvs: list[Path]) -> None:
         volumes, pe_start = lvm.scan(pvs)
