@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 from pathlib import Path
 
 import psutil
@@ -17,8 +16,16 @@ def mount_table() -> list[tuple[int, str, str]]:
     return [(e.mount_id, e.mount_point, e.fstype) for e in read_mountinfo()]
 
 
-def loop_devices() -> set[str]:
-    return {os.path.dirname(os.path.dirname(p)) for p in glob.glob("/sys/block/loop*/loop")}
+def loop_devices() -> set[tuple[str, str]]:
+    """Attached loop devices, each with its backing file."""
+    found = set()
+    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
+        name = backing.split("/")[3]
+        try:
+            found.add((name, Path(backing).read_text().strip()))
+        except OSError:
+            continue  # detached meanwhile
+    return found
 
 
 def image_daemons() -> set[int]:

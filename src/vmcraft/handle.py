@@ -291,7 +291,7 @@ class VMCraft:
     def umount(self, pathordevice: str) -> None:
         mounts = self._guest_mounts()
         for entry in mounts.mounts:
-            if pathordevice in (entry.device, self.canonical_device_name(pathordevice)):
+            if entry.device in (pathordevice, self.canonical_device_name(pathordevice)):
                 pathordevice = entry.mountpoint
                 break
         if self._root_is("/") and pathordevice == "/" and self._held:
@@ -320,7 +320,8 @@ class VMCraft:
         """The root devices of the operating systems found on the drives."""
         disks = self._attached()
         if self._inspected is None:
-            self._inspected = inspect_all(disks, disks.workdir / "inspect")
+            mounted = {m.device: m.target for m in self._mounts_or_empty()}
+            self._inspected = inspect_all(disks, disks.workdir / "inspect", mounted)
         return sorted(self._inspected)
 
     def _os(self, root: str) -> OSInfo:

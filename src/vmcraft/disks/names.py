@@ -68,7 +68,8 @@ class DeviceTable:
         """The libguestfs spelling of a guest device name (vda1 -> sda1, mapper -> VG/LV)."""
         match = _DISK_NAME.match(name)
         if match:
-            return f"/dev/sd{match.group(1)}{match.group(2)}"
+            number = str(int(match.group(2))) if match.group(2) else ""
+            return f"/dev/sd{match.group(1)}{number}"
         if name.startswith("/dev/mapper/"):
             dm = name.removeprefix("/dev/mapper/")
             # dm names double a dash inside a VG or LV name: vg--a-lv -> vg-a / lv

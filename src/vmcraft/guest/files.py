@@ -92,19 +92,51 @@ class GuestFiles:
         st = self._stat("is_dir", path, follow=followsymlinks)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
+    @staticmethod
+    def _require_regular(call: str, path: str, fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise GuestFileError(call, path, errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL)
+
+    def _open_regular(self, call: str, path: str, flags: int) -> int:
+        """Open a regular file only: never a FIFO (it would block), a socket,
+        or a device node (a hostile guest's node could name a host disk).
+
+        The file is looked at through an O_PATH fd first, then that very
+        inode is reopened, so nothing can be swapped in between.
+        """
+        probe = self._open(call, path, os.O_PATH)
+        self._require_regular(call, path, probe)
+        try:
+            return os.open(f"/proc/self/fd/{probe}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:
+            raise GuestFileError(call, path, exc.errno or errno.EIO) from exc
+        finally:
+            os.close(probe)
+
     def read_file(self, path: str) -> bytes:
-        fd = self._open("read_file", path, os.O_RDONLY)
+        fd = self._open_regular("read_file", path, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise GuestFileError("read_file", path, errno.EINVAL)
             return f.read()
 
     def write(self, path: str, content: bytes | str) -> None:
         data = content.encode() if isinstance(content, str) else content
-        fd = self._open("write", path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fd = self._open_regular("write", path, os.O_WRONLY | os.O_TRUNC)
+        except GuestFileError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # A new file (through a guest symlink too, resolved in the guest).
+            # O_NONBLOCK: should a FIFO appear meanwhile, the open fails
+            # instead of waiting for a reader; it is refused just below.
+            fd = self._open(
+                "write", path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY, 0o644
+            )
+            self._require_regular("write", path, fd)
+            os.set_blocking(fd, True)
+            os.ftruncate(fd, 0)
         with os.fdopen(fd, "wb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise GuestFileError("write", path, errno.EINVAL)
             f.write(data)
 
     def ls(self, directory: str) -> list[str]:

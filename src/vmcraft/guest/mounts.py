@@ -114,7 +114,9 @@ class GuestMounts:
     def _mount_fd(
         node: Path, fd: int, fstype: str, *, readonly: bool, options: str, device: str
     ) -> None:
-        flags = syscalls.MS_RDONLY if readonly else 0
+        # nodev: a hostile disk may carry device nodes naming the host's own
+        # disks. The guest's tools get their /dev from a separate mount.
+        flags = syscalls.MS_NODEV | (syscalls.MS_RDONLY if readonly else 0)
         where = f"/proc/self/fd/{fd}"
         tries = [options]
         if readonly and fstype in NO_REPLAY:
@@ -134,7 +136,9 @@ class GuestMounts:
         if entry is None:
             raise GuestMountError(f"{point} is not mounted")
         prefix = point.rstrip("/") + "/"
-        below = [m.mountpoint for m in self._stack if m.mountpoint.startswith(prefix)]
+        below = [
+            m.mountpoint for m in self._stack if m is not entry and m.mountpoint.startswith(prefix)
+        ]
         if below:
             raise GuestMountError(f"{point} has mounts below it: {', '.join(below)}")
         with deferred_signals():

@@ -8,6 +8,7 @@ says is followed out of it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,25 +94,32 @@ def _read(files: GuestFiles, *paths: str) -> str | None:
     return None
 
 
-def inspect_device(name: str, disks: AttachedDisks, scratch: Path) -> OSInfo | None:
-    """Inspect one filesystem; None when it holds no operating system root."""
+def inspect_device(
+    name: str, disks: AttachedDisks, scratch: Path, mounted_at: Path | None = None
+) -> OSInfo | None:
+    """Inspect one filesystem; None when it holds no operating system root.
+
+    A filesystem the handle has mounted already (``mounted_at``) is read
+    where it is: the kernel refuses a second, read-only mount of it.
+    """
     fstype = disks.ids.get(name, {}).get("TYPE", "")
-    scratch.mkdir(exist_ok=True)
     mounts = GuestMounts(scratch)
+    if mounted_at is None:
+        scratch.mkdir(exist_ok=True)
+        try:
+            mounts.mount(
+                name,
+                disks.table.host_node(name),
+                "/",
+                readonly=True,
+                options=NO_REPLAY.get(fstype, ""),
+                fstype=fstype,
+            )
+        except VMCraftError as exc:
+            log.debug("inspect.unmountable", device=name, error=str(exc))
+            return None
     try:
-        mounts.mount(
-            name,
-            disks.table.host_node(name),
-            "/",
-            readonly=True,
-            options=NO_REPLAY.get(fstype, ""),
-            fstype=fstype,
-        )
-    except VMCraftError as exc:
-        log.debug("inspect.unmountable", device=name, error=str(exc))
-        return None
-    try:
-        files = GuestFiles(scratch)
+        files = GuestFiles(mounted_at or scratch)
         release_text = _read(files, "/etc/os-release", "/usr/lib/os-release")
         if release_text is None or not files.is_dir("/etc"):
             return None
@@ -143,12 +151,15 @@ def inspect_device(name: str, disks: AttachedDisks, scratch: Path) -> OSInfo | N
     )
 
 
-def inspect_all(disks: AttachedDisks, scratch: Path) -> dict[str, OSInfo]:
+def inspect_all(
+    disks: AttachedDisks, scratch: Path, mounted: Mapping[str, Path] | None = None
+) -> dict[str, OSInfo]:
+    """Every OS root on the drives; ``mounted`` maps devices the handle has mounted."""
     found = {}
     for name in disks.table.all_devices():
         if disks.ids.get(name, {}).get("TYPE") not in LINUX_ROOT_FS:
             continue
-        info = inspect_device(name, disks, scratch)
+        info = inspect_device(name, disks, scratch, (mounted or {}).get(name))
         if info is not None:
             found[name] = info
     log.info("inspect.done", roots=sorted(found))
