@@ -23,8 +23,9 @@ from vmcraft.errors import (
     VMCraftError,
 )
 from vmcraft.handle import VMCraft
+from vmcraft.version import package_version
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "AlreadyLaunchedError",

@@ -197,6 +197,11 @@ class VMCraft:
         self._disks, self._mounts = disks, mounts
         log.info("launch", drives=len(self._drives), duration_ms=ms_since(start))
 
+    @property
+    def has_drives(self) -> bool:
+        """True once launched on disk images (False for ``from_root`` handles)."""
+        return self._disks is not None
+
     def _attached(self) -> AttachedDisks:
         if self._disks is None:
             raise NotLaunchedError("call launch() first")
@@ -362,6 +367,25 @@ class VMCraft:
 
     def exists(self, path: str) -> bool:
         return self._files().exists(path)
+
+    def stat(self, path: str) -> dict[str, int]:
+        """libguestfs's ``stat``: the fields of stat(2) as a dict (follows symlinks)."""
+        st = self._files().stat(path)
+        return {
+            "dev": st.st_dev,
+            "ino": st.st_ino,
+            "mode": st.st_mode,
+            "nlink": st.st_nlink,
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "rdev": st.st_rdev,
+            "size": st.st_size,
+            "blksize": st.st_blksize,
+            "blocks": st.st_blocks,
+            "atime": int(st.st_atime),
+            "mtime": int(st.st_mtime),
+            "ctime": int(st.st_ctime),
+        }
 
     def is_file(self, path: str, followsymlinks: bool = False) -> bool:
         return self._files().is_file(path, followsymlinks)

@@ -1,9 +1,25 @@
-"""Report values in the seed's shape: ``{"attempts": [{cmd, ok, out}], "success"}``."""
+"""Report values in the seed's shape, extended for the fix-boot workflow.
+
+A step is ``{"attempts": [{"cmd", "ok", "out"}], "success"}`` as the seed's
+report has it, plus the checks that were run on what the step produced:
+exit status 0 is not success on its own (a grub.cfg naming ``/dev/loop0p2``
+exits 0 and does not boot).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+OUTPUT_TAIL = 4000
+"""Characters of a command's output kept in a report: the tail, where errors are."""
+
+
+def trim(text: str, limit: int = OUTPUT_TAIL) -> str:
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return f"[... {len(text) - limit} characters trimmed]\n{text[-limit:]}"
 
 
 @dataclass(frozen=True)
@@ -15,19 +31,54 @@ class Attempt:
     out: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cmd": list(self.cmd), "ok": self.ok, "out": self.out}
+        return {"cmd": list(self.cmd), "ok": self.ok, "out": trim(self.out)}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification of what a step produced."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
 @dataclass
 class StepReport:
-    """Every attempt of one repair step (bootloader, initramfs) in order."""
+    """Every attempt of one repair step (bootloader, initramfs) in order, and its checks."""
 
     attempts: list[Attempt] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def success(self) -> bool:
-        """The step succeeded when its last attempt did."""
-        return bool(self.attempts) and self.attempts[-1].ok
+        """The last attempt succeeded and everything checked afterwards holds."""
+        return bool(self.attempts) and self.attempts[-1].ok and all(c.ok for c in self.checks)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the step failed, or None."""
+        if self.success:
+            return None
+        if not self.attempts:
+            return "not run"
+        if not self.attempts[-1].ok:
+            tail = self.attempts[-1].out.strip().splitlines()[-1:] or ["failed"]
+            return f"{' '.join(self.attempts[-1].cmd)}: {tail[0]}"
+        failed = next(c for c in self.checks if not c.ok)
+        return f"{failed.name}: {failed.detail}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"attempts": [a.to_dict() for a in self.attempts], "success": self.success}
+        out: dict[str, Any] = {
+            "attempts": [a.to_dict() for a in self.attempts],
+            "success": self.success,
+        }
+        # Without checks this is exactly the seed's shape.
+        if self.checks:
+            out["checks"] = [c.to_dict() for c in self.checks]
+            if not self.success:
+                out["reason"] = self.reason
+        return out

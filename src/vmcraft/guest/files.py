@@ -81,6 +81,12 @@ class GuestFiles:
         finally:
             os.close(fd)
 
+    def stat(self, path: str, *, follow: bool = True) -> os.stat_result:
+        st = self._stat("stat", path, follow=follow)
+        if st is None:
+            raise GuestFileError("stat", path, errno.ENOENT)
+        return st
+
     def exists(self, path: str) -> bool:
         return self._stat("exists", path, follow=True) is not None
 

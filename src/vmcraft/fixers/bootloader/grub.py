@@ -11,12 +11,13 @@ appliance already has the pseudo-filesystems) are driven through
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from vmcraft.errors import CommandError
 from vmcraft.log import get_logger
-from vmcraft.report import Attempt, StepReport
+from vmcraft.report import Attempt, Check, StepReport
 
 log = get_logger(__name__)
 
@@ -51,16 +52,27 @@ def _failure_text(error: RuntimeError) -> str:
     return str(error)
 
 
-def run_guest_command(g: GuestHandle, cmd: Sequence[str]) -> Attempt:
-    """Run one command the way its kind needs; never raises for its failure."""
+def run_guest_command(
+    g: GuestHandle,
+    cmd: Sequence[str],
+    *,
+    mounts: bool | None = None,
+    **options: object,
+) -> Attempt:
+    """Run one command the way its kind needs; never raises for its failure.
+
+    ``mounts`` forces the choice (initramfs tools need the mounts too);
+    ``options`` (``env``, ``timeout``) go to vmcraft's own handle only.
+    """
     argv = list(cmd)
     with_mounts = False
+    wants_mounts = is_grub_command(argv) if mounts is None else mounts
     try:
-        if is_grub_command(argv) and hasattr(g, "command_with_mounts"):
+        if wants_mounts and hasattr(g, "command_with_mounts"):
             with_mounts = True
-            out = g.command_with_mounts(argv, quiet=True)
+            out = g.command_with_mounts(argv, quiet=True, **options)
         else:
-            out = g.command_quiet(argv)
+            out = g.command_quiet(argv, **options) if options else g.command_quiet(argv)
     except RuntimeError as error:  # VMCraftError, and libguestfs's own
         attempt = Attempt(cmd=argv, ok=False, out=_failure_text(error))
     else:
@@ -91,3 +103,69 @@ class GrubFixer:
             if self.run(cmd).ok:
                 break
         return self.report
+
+
+# -- checking what grub-mkconfig wrote -------------------------------------
+
+# What a kernel line may name the root by: stable across hosts and hypervisors.
+_STABLE_ROOT = re.compile(r"^(UUID=|PARTUUID=|LABEL=|PARTLABEL=|ZFS=|/dev/mapper/|/dev/disk/by-)")
+# Names that only exist on the host that ran the tool.
+_HOST_ONLY = re.compile(r"^/dev/(loop|nbd|dm-|ram|zram)")
+_LVM_PATH = re.compile(r"^/dev/[^/]+/[^/]+$")
+
+
+def root_argument(line: str) -> str | None:
+    for word in line.split():
+        if word.startswith("root="):
+            return word.removeprefix("root=")
+    return None
+
+
+def check_grub_cfg(text: str, kernels: tuple[str, ...], *, lvm_names: set[str]) -> list[Check]:
+    """Does this grub.cfg boot every installed kernel, by a name the VM will have?"""
+    checks = []
+    lines = [ln.strip() for ln in text.splitlines()]
+    checks.append(
+        Check("grub.cfg is not empty", any(ln and not ln.startswith("#") for ln in lines))
+    )
+    if any(ln.startswith("blscfg") for ln in lines):
+        checks.append(Check("grub.cfg uses BootLoaderSpec entries", True, "entries are checked"))
+        return checks
+    kernel_lines = [
+        ln for ln in lines if ln.startswith(("linux ", "linux\t", "linux16", "linuxefi"))
+    ]
+    checks.append(Check("grub.cfg has kernel lines", bool(kernel_lines), f"{len(kernel_lines)}"))
+    for kernel in kernels:
+        found = any(f"vmlinuz-{kernel}" in ln for ln in kernel_lines)
+        checks.append(Check(f"a menu entry boots {kernel}", found, "" if found else "missing"))
+    for ln in kernel_lines:
+        root = root_argument(ln)
+        if root is None:
+            checks.append(Check("kernel line names a root", False, ln))
+        elif _HOST_ONLY.match(root):
+            checks.append(Check("root is not a host-only device", False, f"root={root}"))
+        elif not (_STABLE_ROOT.match(root) or root in lvm_names or _LVM_PATH.match(root)):
+            checks.append(Check("root is named stably", False, f"root={root}"))
+    if all(c.ok for c in checks):
+        roots = sorted({root_argument(ln) or "" for ln in kernel_lines})
+        checks.append(Check("root named by a stable name", True, ", ".join(roots)))
+    return checks
+
+
+def check_bls_entries(
+    entries: dict[str, str], kernels: tuple[str, ...], *, lvm_names: set[str]
+) -> list[Check]:
+    """BootLoaderSpec entries (Fedora, RHEL 8+): one per kernel, roots named stably."""
+    checks = []
+    for kernel in kernels:
+        found = [text for name, text in entries.items() if kernel in name or kernel in text]
+        checks.append(Check(f"a BLS entry boots {kernel}", bool(found)))
+        for text in found:
+            options = next(
+                (ln.split(None, 1)[1] for ln in text.splitlines() if ln.startswith("options ")),
+                "",
+            )
+            root = root_argument(options)
+            if root and _HOST_ONLY.match(root):
+                checks.append(Check("root is not a host-only device", False, f"root={root}"))
+    return checks

@@ -1,0 +1,177 @@
+"""Where a guest keeps its boot files, and which tools regenerate them.
+
+Decided from the guest alone (os-release, fstab, the files under /boot and
+the ESP), never from the host. Families vmcraft does not know are reported
+as unsupported rather than guessed at: a wrong grub.cfg path on a guest is
+a guest that does not boot.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vmcraft.errors import VMCraftError
+
+FAMILIES = {
+    "debian": "debian",
+    "ubuntu": "debian",
+    "linuxmint": "debian",
+    "kalilinux": "debian",
+    "fedora": "redhat",
+    "rhel": "redhat",
+    "centos": "redhat",
+    "rocky": "redhat",
+    "oraclelinux": "redhat",
+    "scientificlinux": "redhat",
+    "redhat-based": "redhat",
+    "sles": "suse",
+    "opensuse": "suse",
+    "suse-based": "suse",
+}
+
+_KERNEL = re.compile(r"^vmlinuz-(.+)$")
+
+
+class UnsupportedGuestError(VMCraftError):
+    """The guest is not one whose boot vmcraft knows how to repair."""
+
+
+class GuestView(Protocol):
+    """The file calls layout detection needs (VMCraft has them)."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def is_dir(self, path: str, followsymlinks: bool = False) -> bool: ...
+
+    def is_file(self, path: str, followsymlinks: bool = False) -> bool: ...
+
+    def ls(self, directory: str) -> list[str]: ...
+
+    def read_file(self, path: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class BootLayout:
+    """What the fix-boot workflow needs to know about one guest."""
+
+    distro: str
+    family: str
+    boot_mode: str
+    """``bios`` or ``uefi``."""
+    kernels: tuple[str, ...]
+    grub_cfg: str
+    """The grub.cfg the bootloader step must (re)write."""
+    bootloader_cmd: tuple[str, ...]
+    initramfs_cmd: tuple[str, ...]
+    grub_install_tool: str
+    efi_vendor_cfg: str | None = None
+    """The ESP's grub.cfg, when there is one."""
+    efi_vendor_cfg_is_stub: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def initrd_path(self, kernel: str) -> str:
+        if self.family == "debian":
+            return f"/boot/initrd.img-{kernel}"
+        if self.family == "suse":
+            return f"/boot/initrd-{kernel}"
+        return f"/boot/initramfs-{kernel}.img"
+
+
+def _sbin(g: GuestView, name: str) -> bool:
+    return any(g.exists(f"{d}/{name}") for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin"))
+
+
+def installed_kernels(g: GuestView) -> tuple[str, ...]:
+    if not g.is_dir("/boot", followsymlinks=True):
+        return ()
+    found = [m.group(1) for name in g.ls("/boot") if (m := _KERNEL.match(name))]
+    return tuple(sorted(k for k in found if not k.endswith((".hmac", ".old"))))
+
+
+def _esp_dir(g: GuestView, fstab_mounts: dict[str, str]) -> str | None:
+    for point in ("/boot/efi", "/efi"):
+        if point in fstab_mounts or g.is_dir(f"{point}/EFI", followsymlinks=True):
+            return point
+    return None
+
+
+def _vendor_cfg(g: GuestView, esp: str) -> str | None:
+    efi = f"{esp}/EFI"
+    if not g.is_dir(efi, followsymlinks=True):
+        return None
+    for vendor in sorted(g.ls(efi)):
+        if vendor.upper() == "BOOT":
+            continue
+        cfg = f"{efi}/{vendor}/grub.cfg"
+        if g.is_file(cfg, followsymlinks=True):
+            return cfg
+    return None
+
+
+def is_stub(cfg_text: str) -> bool:
+    """A grub.cfg that only finds and chains to the real one (Fedora 34+, RHEL 9, SUSE)."""
+    body = [ln.strip() for ln in cfg_text.splitlines() if ln.strip() and not ln.startswith("#")]
+    chains = any(ln.startswith("configfile") for ln in body)
+    has_entries = any(ln.startswith(("menuentry", "blscfg", "linux")) for ln in body)
+    return chains and not has_entries
+
+
+def detect_layout(g: GuestView, distro: str, fstab_mounts: dict[str, str]) -> BootLayout:
+    """The boot layout of a guest whose filesystems are mounted on the handle."""
+    family = FAMILIES.get(distro)
+    if family is None:
+        raise UnsupportedGuestError(
+            f"{distro!r} guests are not supported by fix-boot "
+            "(supported: Debian/Ubuntu, Fedora/RHEL/CentOS/Rocky/Alma, SUSE/openSUSE)"
+        )
+    esp = _esp_dir(g, fstab_mounts)
+    boot_mode = "uefi" if esp else "bios"
+    kernels = installed_kernels(g)
+    notes: list[str] = []
+    vendor_cfg = _vendor_cfg(g, esp) if esp else None
+    stub = bool(vendor_cfg) and is_stub(g.read_file(vendor_cfg or "").decode(errors="replace"))
+
+    if family == "debian":
+        grub_cfg = "/boot/grub/grub.cfg"
+        bootloader = (
+            ("update-grub",) if _sbin(g, "update-grub") else ("grub-mkconfig", "-o", grub_cfg)
+        )
+        initramfs: tuple[str, ...] = ("update-initramfs", "-u", "-k", "all")
+        install_tool = "grub-install"
+    else:
+        grub_cfg = "/boot/grub2/grub.cfg"
+        if family == "redhat" and vendor_cfg and not stub:
+            # Older RHEL/CentOS on UEFI: the ESP file is the real config.
+            grub_cfg = vendor_cfg
+            notes.append(f"{vendor_cfg} is the real config on this guest")
+        elif vendor_cfg and stub:
+            notes.append(f"{vendor_cfg} chains to /boot/grub2/grub.cfg and is left alone")
+        bootloader = ("grub2-mkconfig", "-o", grub_cfg)
+        if family == "suse" and not _sbin(g, "dracut") and _sbin(g, "mkinitrd"):
+            initramfs = ("mkinitrd",)
+        else:
+            initramfs = ("dracut", "-f", "--regenerate-all")
+        install_tool = "grub2-install"
+    return BootLayout(
+        distro=distro,
+        family=family,
+        boot_mode=boot_mode,
+        kernels=kernels,
+        grub_cfg=grub_cfg,
+        bootloader_cmd=bootloader,
+        initramfs_cmd=initramfs,
+        grub_install_tool=install_tool,
+        efi_vendor_cfg=vendor_cfg,
+        efi_vendor_cfg_is_stub=stub,
+        notes=tuple(notes),
+    )
+
+
+def boot_mountpoints(fstab_mounts: dict[str, str]) -> list[tuple[str, str]]:
+    """The fstab mounts the boot tools need, parents first: /, /usr, /boot, the ESP."""
+    wanted = ("/", "/usr", "/boot", "/boot/efi", "/efi")
+    chosen = [(m, d) for m, d in fstab_mounts.items() if posixpath.normpath(m) in wanted]
+    return sorted(chosen, key=lambda item: (item[0].count("/"), item[0]))
