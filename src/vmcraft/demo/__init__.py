@@ -1,0 +1,1 @@
+"""The demo guest and the cache it is built into."""
