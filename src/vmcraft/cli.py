@@ -1,0 +1,413 @@
+"""The ``vmcraft`` command line: fix-boot, inspect, run, cleanup, demo.
+
+Exit codes (also in ``vmcraft --help``):
+
+  0  success
+  1  the repair (or the guest command) failed; the report says why
+  2  usage error
+  3  bad input: a missing, unreadable or unsupported image, an unknown device
+  4  not running as root
+  5  unsupported guest: no Linux found, or a distribution fix-boot does not know
+  6  host problem: a missing tool, no loop device, a mount that failed
+  130 interrupted (Ctrl-C); everything attached was released first
+
+``vmcraft run`` exits with the guest command's own status when it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from vmcraft import cleanup as cleanup_mod
+from vmcraft.demo.run import run_demo
+from vmcraft.errors import (
+    CommandError,
+    GuestRootError,
+    HostToolMissingError,
+    ImageFormatError,
+    ImageNotFoundError,
+    NotRootError,
+    UnknownDeviceError,
+    VMCraftError,
+)
+from vmcraft.fixers.fixboot import FixBootOptions, FixBootReport, fix_boot
+from vmcraft.fixers.layout import UnsupportedGuestError
+from vmcraft.handle import VMCraft
+from vmcraft.version import package_version
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_ROOT, EXIT_GUEST, EXIT_HOST = range(7)
+EXIT_INTERRUPTED = 130
+
+
+def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, NotRootError):
+        return EXIT_ROOT
+    if isinstance(error, UnsupportedGuestError):
+        return EXIT_GUEST
+    if isinstance(
+        error, ImageNotFoundError | ImageFormatError | UnknownDeviceError | GuestRootError
+    ):
+        return EXIT_INPUT
+    if isinstance(error, HostToolMissingError):
+        return EXIT_HOST
+    if isinstance(error, CommandError):
+        return EXIT_FAILED
+    return EXIT_HOST
+
+
+# -- output ------------------------------------------------------------------
+
+
+class Progress:
+    """Phase progress on stderr: a live elapsed-time line on a terminal."""
+
+    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.live = enabled and stream.isatty()
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __call__(self, phase: str, state: str, elapsed: float | None) -> None:
+        if not self.enabled:
+            return
+        if state == "start":
+            self._start_ticker(phase)
+            if not self.live:
+                self.stream.write(f"vmcraft: {phase} ...\n")
+        else:
+            self._stop_ticker()
+            mark = "done" if state == "done" else "FAILED"
+            self.stream.write(
+                f"\r\033[Kvmcraft: {phase} {mark} ({elapsed or 0:.1f} s)\n"
+                if self.live
+                else f"vmcraft: {phase} {mark} ({elapsed or 0:.1f} s)\n"
+            )
+        self.stream.flush()
+
+    def _start_ticker(self, phase: str) -> None:
+        if not self.live:
+            return
+        self._stop.clear()
+        start = time.monotonic()
+
+        def tick() -> None:
+            while not self._stop.wait(0.5):
+                self.stream.write(f"\r\033[Kvmcraft: {phase} ... {time.monotonic() - start:.0f} s")
+                self.stream.flush()
+
+        self._ticker = threading.Thread(target=tick, daemon=True)
+        self._ticker.start()
+
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None:
+            self._stop.set()
+            self._ticker.join()
+            self._ticker = None
+
+
+def render_report(report: FixBootReport) -> str:
+    """The report for a person at a terminal."""
+    lines = [
+        f"guest       {report.product or '?'} ({report.distro}, {report.boot_mode}), "
+        f"root {report.root}",
+    ]
+    for m in report.mounted:
+        lines.append(f"mounted     {m['device']} on {m['mountpoint']} ({m['fstype']})")
+    if report.dry_run:
+        lines.append("plan        (dry run: nothing was changed)")
+        lines += [f"  {p.step:<12} {' '.join(p.cmd)}" for p in report.plan]
+    for name, step in report.steps.items():
+        took = report.timings.get(name)
+        state = "ok" if step.success else "FAILED"
+        cmd = " ".join(step.attempts[-1].cmd) if step.attempts else ""
+        lines.append(f"{name:<11} {state:<6} {took or 0:>6.1f} s  {cmd}")
+        for check in step.checks:
+            mark = "+" if check.ok else "-"
+            detail = f" ({check.detail})" if check.detail else ""
+            lines.append(f"              {mark} {check.name}{detail}")
+        if not step.success:
+            lines.append(f"              reason: {step.reason}")
+    lines += [f"note        {n}" for n in report.notes]
+    if report.error:
+        lines.append(f"error       {report.error}")
+    lines.append(
+        f"result      {'success' if report.success else 'FAILED'} "
+        f"in {report.timings.get('total', 0):.1f} s"
+    )
+    return "\n".join(lines)
+
+
+def configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+    )
+
+
+def emit(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def _options(args: argparse.Namespace) -> FixBootOptions:
+    explicit = args.update_grub or args.regen_initramfs
+    return FixBootOptions(
+        update_grub=args.update_grub or not explicit,
+        regen_initramfs=args.regen_initramfs or not explicit,
+        reinstall_grub=args.reinstall_grub,
+        dry_run=args.dry_run,
+        timeout=args.timeout,
+    )
+
+
+def cmd_fix_boot(args: argparse.Namespace) -> int:
+    progress = Progress(sys.stderr, enabled=not args.json)
+    report = fix_boot(
+        args.image,
+        format=args.format,
+        options=_options(args),
+        progress=progress,
+        report_path=args.report,
+    )
+    if args.json:
+        emit(report.to_dict())
+    else:
+        print(render_report(report))
+    return EXIT_OK if report.success else EXIT_FAILED
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with VMCraft() as g:
+        g.add_drive_opts(args.image, readonly=True, format=args.format)
+        g.launch()
+        roots = g.inspect_os()
+        data: dict[str, Any] = {
+            "image": args.image,
+            "devices": g.list_devices(),
+            "filesystems": g.list_filesystems(),
+            "lvm": {"method": g.lvm_method, "unreachable": g.unreachable_lvs},
+            "operating_systems": [],
+        }
+        for root in roots:
+            info = g.inspect(root)
+            data["operating_systems"].append(
+                {
+                    "root": root,
+                    "type": info.type,
+                    "distro": info.distro,
+                    "product_name": info.product_name,
+                    "major_version": info.major_version,
+                    "minor_version": info.minor_version,
+                    "mountpoints": info.mountpoints,
+                }
+            )
+    if args.json:
+        emit(data)
+    else:
+        for name, fstype in data["filesystems"].items():
+            print(f"{name:<20} {fstype}")
+        for os_ in data["operating_systems"]:
+            print(
+                f"\n{os_['root']}: {os_['product_name']} ({os_['distro']} "
+                f"{os_['major_version']}.{os_['minor_version']})"
+            )
+            for point, device in sorted(os_["mountpoints"].items()):
+                print(f"  {point:<18} {device}")
+        if not roots:
+            print("\nno operating system found")
+    return EXIT_OK if roots else EXIT_GUEST
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("vmcraft run: no command given (vmcraft run IMAGE -- CMD ...)")
+    with VMCraft(timeout=args.timeout) as g:
+        g.add_drive_opts(args.image, readonly=not args.rw, format=args.format)
+        g.launch()
+        roots = g.inspect_os()
+        if not roots:
+            raise UnsupportedGuestError("no Linux operating system found on the image")
+        for point, device in sorted(g.inspect_get_mountpoints(roots[0]).items()):
+            try:
+                g.mount(device, point)
+            except VMCraftError as exc:
+                print(f"vmcraft: not mounting {device} on {point}: {exc}", file=sys.stderr)
+        if args.with_mounts:
+            with g.hold_mounts():
+                result = g.run(command)
+        else:
+            result = g.run(command)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.returncode
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    leftovers = cleanup_mod.find_leftovers()
+    failed = []
+    if not args.dry_run:
+        for leftover in leftovers:
+            try:
+                cleanup_mod.clean(leftover)
+            except VMCraftError as exc:
+                failed.append(f"{leftover.directory}: {exc}")
+    if args.json:
+        emit(
+            {
+                "dry_run": args.dry_run,
+                "leftovers": [lo.to_dict() for lo in leftovers],
+                "failed": failed,
+            }
+        )
+    elif not leftovers:
+        print("nothing left behind by vmcraft")
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for lo in leftovers:
+            print(
+                f"{verb} {lo.directory} (pid {lo.pid} gone): {len(lo.mounts)} mounts, "
+                f"{len(lo.daemons)} daemons, {len(lo.loops)} loop devices"
+            )
+        for line in failed:
+            print(f"FAILED {line}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(
+        args, progress=Progress(sys.stderr, enabled=not args.json), render=render_report, emit=emit
+    )
+
+
+# -- parser ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmcraft",
+        description="Repair offline VM disks with the guest's own boot tools.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vmcraft {package_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log events")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    def image_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("image", help="disk image (raw, qcow2, vmdk, vhdx, vpc...)")
+        p.add_argument("--format", help="image format (default: ask qemu-img)")
+
+    fix = sub.add_parser(
+        "fix-boot",
+        help="regenerate the initramfs and GRUB config",
+        description="Make a converted guest disk boot: regenerate its "
+        "initramfs and GRUB config with its own tools, and check the result.",
+    )
+    image_args(fix)
+    fix.add_argument("--update-grub", action="store_true", help="regenerate grub.cfg")
+    fix.add_argument("--regen-initramfs", action="store_true", help="regenerate the initramfs")
+    fix.add_argument(
+        "--reinstall-grub",
+        action="store_true",
+        help="also reinstall GRUB on the guest's own disk (BIOS), --no-nvram (UEFI)",
+    )
+    fix.add_argument("--report", type=Path, help="write the JSON report here")
+    fix.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    fix.add_argument("--json", action="store_true", help="print the report as JSON")
+    fix.add_argument("--timeout", type=float, default=1800, help="seconds per command")
+    fix.set_defaults(func=cmd_fix_boot)
+
+    insp = sub.add_parser(
+        "inspect",
+        help="what operating system is on an image",
+        description="Inspect an image read-only.",
+    )
+    image_args(insp)
+    insp.add_argument("--json", action="store_true")
+    insp.set_defaults(func=cmd_inspect)
+
+    run = sub.add_parser(
+        "run",
+        help="run a command in the guest",
+        description="Run a command in the guest, read-only unless --rw.",
+    )
+    image_args(run)
+    run.add_argument("--with-mounts", action="store_true", help="provide /proc, /dev, /sys")
+    run.add_argument("--rw", action="store_true", help="open the image writable")
+    run.add_argument("--timeout", type=float, default=600, help="seconds")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+    run.set_defaults(func=cmd_run)
+
+    clean = sub.add_parser(
+        "cleanup",
+        help="remove what a killed vmcraft left behind",
+        description="Find mounts, loop devices and daemons of vmcraft "
+        "processes that are gone, and remove them; touches nothing else.",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="only list them")
+    clean.add_argument("--json", action="store_true")
+    clean.set_defaults(func=cmd_cleanup)
+
+    demo = sub.add_parser(
+        "demo",
+        help="fix-boot on the demo Debian guest",
+        description="Build (once, about a minute) or reuse the demo Debian "
+        "guest, break its boot as a converted VMware guest's is broken, "
+        "and repair it with fix-boot.",
+    )
+    demo.add_argument(
+        "--image",
+        type=Path,
+        default=Path("/var/lib/vmcraft/demo.qcow2"),
+        help="where to put the demo image (default: %(default)s)",
+    )
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+@contextmanager
+def _interrupt_as_exit() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("\nvmcraft: interrupted; everything attached was released", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    with _interrupt_as_exit():
+        try:
+            return func(args)
+        except VMCraftError as exc:
+            print(f"vmcraft {args.subcommand}: {exc}", file=sys.stderr)
+            return exit_code_for(exc)
+
+
+def console_main() -> None:
+    sys.exit(main())
