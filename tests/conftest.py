@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures.guestdisk import DebianDisk, debian_disk
 from tests.leaks import snapshot
-from vmcraft import syscalls
+from vmcraft import cleanup, syscalls
 
 IS_ROOT = os.geteuid() == 0
 
@@ -26,6 +26,9 @@ IS_ROOT = os.geteuid() == 0
 def pytest_configure(config: pytest.Config) -> None:
     if not IS_ROOT:
         return
+    # What a killed earlier run left (its daemons outlive it) goes first.
+    for leftover in cleanup.find_leftovers():
+        cleanup.clean(leftover)
     syscalls.unshare(syscalls.CLONE_NEWNS)
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
 

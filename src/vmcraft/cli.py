@@ -239,7 +239,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.command
     if not command:
         raise SystemExit("vmcraft run: no command given (vmcraft run IMAGE -- CMD ...)")
     with VMCraft(timeout=args.timeout) as g:
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--with-mounts", action="store_true", help="provide /proc, /dev, /sys")
     run.add_argument("--rw", action="store_true", help="open the image writable")
     run.add_argument("--timeout", type=float, default=600, help="seconds")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+    run.add_argument("command", nargs="*", help="-- CMD [ARG...]")
     run.set_defaults(func=cmd_run)
 
     clean = sub.add_parser(
@@ -398,7 +398,17 @@ def _interrupt_as_exit() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the guest command, options included.
+    guest_command: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, guest_command = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    if guest_command:
+        if args.subcommand != "run":
+            parser.error("'--' is only for 'vmcraft run IMAGE -- CMD ...'")
+        args.command = [*args.command, *guest_command]
     configure_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     with _interrupt_as_exit():
