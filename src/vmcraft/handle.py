@@ -312,6 +312,10 @@ class VMCraft:
         reaper.reap(mounts.root)
         mounts.umount_all()
 
+    def guest_mounts(self) -> list[GuestMount]:
+        """What is mounted in the guest tree, with how (kernel or fusefat) and read-only or not."""
+        return self._mounts_or_empty()
+
     def mountpoints(self) -> dict[str, str]:
         """Guest device -> guest mount point, for what is mounted now."""
         return {m.device: m.mountpoint for m in self._mounts_or_empty()}

@@ -82,7 +82,7 @@ class FixBootReport:
     product: str | None = None
     boot_mode: str | None = None
     kernels: list[str] = field(default_factory=list)
-    mounted: list[dict[str, str]] = field(default_factory=list)
+    mounted: list[dict[str, Any]] = field(default_factory=list)
     plan: list[PlannedCommand] = field(default_factory=list)
     bootloader: StepReport | None = None
     initramfs: StepReport | None = None
@@ -216,8 +216,15 @@ class BootFixer:
                 self.g.mount_ro(device, mountpoint)
             else:
                 self.g.mount(device, mountpoint)
+            entry = next(m for m in self.g.guest_mounts() if m.mountpoint == mountpoint)
             self.report.mounted.append(
-                {"device": device, "mountpoint": mountpoint, "fstype": self.g.vfs_type(device)}
+                {
+                    "device": device,
+                    "mountpoint": mountpoint,
+                    "fstype": entry.fstype,
+                    "driver": entry.driver,
+                    "readonly": entry.readonly,
+                }
             )
 
     def _read_mounted_root(self) -> None:
@@ -275,7 +282,7 @@ class BootFixer:
         return (layout.grub_install_tool, "--target=i386-pc", disk)
 
     def _boot_disk(self) -> str | None:
-        by_point = {m["mountpoint"]: m["device"] for m in self.report.mounted}
+        by_point = {str(m["mountpoint"]): str(m["device"]) for m in self.report.mounted}
         device = by_point.get("/boot") or by_point.get("/")
         if device is None or not device.startswith("/dev/sd"):
             return None

@@ -12,18 +12,31 @@ import contextlib
 import errno
 import os
 import posixpath
-from dataclasses import dataclass
+import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmcraft import syscalls
+from vmcraft.chroot.mountinfo import mount_points
 from vmcraft.chroot.safepath import open_guest_dir
 from vmcraft.disks.blkid import probe
 from vmcraft.errors import GuestMountError, UnmountError, UnsafePathError
+from vmcraft.host import host_tool
 from vmcraft.log import get_logger
 from vmcraft.signals import deferred_signals
 from vmcraft.unmount import unmount
 
 log = get_logger(__name__)
+
+_FAT = frozenset({"vfat", "msdos"})
+
+
+def kernel_supports(fstype: str) -> bool:
+    """Is ``fstype`` in /proc/filesystems (built in or loaded)?"""
+    with open("/proc/filesystems", encoding="ascii") as f:
+        return any(line.split()[-1] == fstype for line in f if line.strip())
+
 
 # A read-only mount must not replay a journal: that writes to the disk.
 NO_REPLAY = {"ext3": "noload", "ext4": "noload", "xfs": "norecovery"}
@@ -40,6 +53,9 @@ class GuestMount:
     """Where it is on the host."""
     fstype: str
     readonly: bool
+    driver: str = "kernel"
+    """``kernel``, or ``fusefat`` where the kernel has no FAT driver."""
+    helper: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
 
 
 def normalize(mountpoint: str) -> str:
@@ -96,6 +112,9 @@ class GuestMounts:
         finally:
             os.close(root_fd)
         target = self.root if point == "/" else self.root / point.lstrip("/")
+        if fstype in _FAT and not kernel_supports(fstype):
+            os.close(fd)
+            return self._mount_fusefat(device, node, point, target, fstype, readonly=readonly)
         try:
             with deferred_signals():
                 self._mount_fd(node, fd, fstype, readonly=readonly, options=options, device=device)
@@ -108,6 +127,40 @@ class GuestMounts:
         finally:
             os.close(fd)
         log.debug("guest.mount", device=device, mountpoint=point, fstype=fstype, ro=readonly)
+        return entry
+
+    def _mount_fusefat(
+        self, device: str, node: Path, point: str, target: Path, fstype: str, *, readonly: bool
+    ) -> GuestMount:
+        """The ESP through Debian's fusefat, read-only, where the kernel has no vfat.
+
+        Read-only on purpose: fusefat's writes were seen to leave a FAT that
+        mtools refuses. A step that must write to the ESP then fails with
+        that reason instead of corrupting it.
+        """
+        tool = host_tool("fusefat", "fusefat")
+        if not readonly:
+            log.warning(
+                "guest.esp_read_only",
+                device=device,
+                reason="this host's kernel has no vfat; fusefat is used read-only",
+            )
+        helper = subprocess.Popen(
+            [tool, "-f", "-o", "ro", os.fspath(node), os.fspath(target)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # fusefat prints its debugging there
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while os.fspath(target) not in mount_points():
+            if helper.poll() is not None or time.monotonic() > deadline:
+                helper.kill()
+                helper.wait()
+                raise GuestMountError(f"cannot mount {device} ({fstype}) with fusefat")
+            time.sleep(0.01)
+        entry = GuestMount(device, node, point, target, fstype, True, "fusefat", helper)
+        self._stack.append(entry)
+        log.info("guest.mount", device=device, mountpoint=point, fstype=fstype, driver="fusefat")
         return entry
 
     @staticmethod
@@ -168,4 +221,10 @@ class GuestMounts:
             if exc.errno == errno.EINVAL:
                 return
             raise
+        if entry.helper is not None:
+            try:
+                entry.helper.wait(10)
+            except subprocess.TimeoutExpired:
+                entry.helper.kill()
+                entry.helper.wait()
         log.debug("guest.umount", mountpoint=entry.mountpoint, lazy=lazy)
