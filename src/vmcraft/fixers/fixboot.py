@@ -195,6 +195,10 @@ class BootFixer:
         self.report.kernels = list(layout.kernels)
         self.report.notes.extend(layout.notes)
         self.report.plan = self.plan()
+        if self.options.reinstall_grub and not any(
+            p.step == "grub_install" for p in self.report.plan
+        ):
+            self.report.notes.append("grub-install skipped: /boot is not on a partition of a drive")
         return layout
 
     def _inspect(self) -> None:
@@ -277,7 +281,6 @@ class BootFixer:
             )
         disk = self._boot_disk()
         if disk is None:
-            self.report.notes.append("grub-install skipped: /boot is not on a partition of a drive")
             return None
         return (layout.grub_install_tool, "--target=i386-pc", disk)
 

@@ -85,10 +85,23 @@ def _sbin(g: GuestView, name: str) -> bool:
 
 
 def installed_kernels(g: GuestView) -> tuple[str, ...]:
+    """Kernel versions in /boot that have their modules installed.
+
+    Fedora and RHEL keep a ``vmlinuz-0-rescue-<machine-id>``: it is not an
+    installed kernel (``dracut --regenerate-all`` does not rebuild its image),
+    and neither are leftovers whose modules are gone.
+    """
     if not g.is_dir("/boot", followsymlinks=True):
         return ()
     found = [m.group(1) for name in g.ls("/boot") if (m := _KERNEL.match(name))]
-    return tuple(sorted(k for k in found if not k.endswith((".hmac", ".old"))))
+    found = [k for k in found if not k.endswith((".hmac", ".old")) and "-rescue-" not in k]
+    module_dirs = [
+        d for d in ("/lib/modules", "/usr/lib/modules") if g.is_dir(d, followsymlinks=True)
+    ]
+    if module_dirs:
+        with_modules = {v for d in module_dirs for v in g.ls(d)}
+        found = [k for k in found if k in with_modules]
+    return tuple(sorted(found))
 
 
 def _esp_dir(g: GuestView, fstab_mounts: dict[str, str]) -> str | None:

@@ -157,8 +157,16 @@ def check_bls_entries(
 ) -> list[Check]:
     """BootLoaderSpec entries (Fedora, RHEL 8+): one per kernel, roots named stably."""
     checks = []
+
+    def boots(text: str, kernel: str) -> bool:
+        for line in text.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "linux":
+                return posixpath.basename(words[1]) == f"vmlinuz-{kernel}"
+        return False
+
     for kernel in kernels:
-        found = [text for name, text in entries.items() if kernel in name or kernel in text]
+        found = [text for text in entries.values() if boots(text, kernel)]
         checks.append(Check(f"a BLS entry boots {kernel}", bool(found)))
         for text in found:
             options = next(
