@@ -43,6 +43,7 @@ from vmcraft.errors import (
 )
 from vmcraft.fixers.fixboot import FixBootOptions, FixBootReport, fix_boot
 from vmcraft.fixers.layout import UnsupportedGuestError
+from vmcraft.guestfs_calls import conformance_table
 from vmcraft.handle import VMCraft
 from vmcraft.version import package_version
 
@@ -294,6 +295,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    sys.stdout.write(conformance_table())
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         args, progress=Progress(sys.stderr, enabled=not args.json), render=render_report, emit=emit
@@ -384,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    conf = sub.add_parser("conformance", help="the libguestfs conformance table (Markdown)")
+    conf.set_defaults(func=cmd_conformance)
     return parser
 
 

@@ -33,6 +33,10 @@ class HostToolMissingError(VMCraftError):
         self.package = package
 
 
+class HostToolTimeoutError(VMCraftError):
+    """A host tool did not finish in the time it was given."""
+
+
 class GuestRootError(VMCraftError):
     """The directory given as the guest root cannot be one."""
 

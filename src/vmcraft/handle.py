@@ -44,27 +44,32 @@ from vmcraft.errors import (
 )
 from vmcraft.guest.files import GuestFiles
 from vmcraft.guest.mounts import GuestMount, GuestMounts
+from vmcraft.guestfs_calls import GuestfsCalls
 from vmcraft.host import require_privileges
 from vmcraft.inspect.inspector import OSInfo, inspect_all
 from vmcraft.log import get_logger, ms_since
 
 log = get_logger(__name__)
 
+DEFAULT_TIMEOUT = 3600.0
+"""Seconds a guest command may run unless the caller says otherwise."""
 
-class VMCraft:
+
+class VMCraft(GuestfsCalls):
     """A handle on one guest; use it as a context manager.
 
     ``mount_check`` picks how the pseudo-filesystem mounter asks whether a
     target is already mounted (``mountpoint -q`` by default, or the
     in-process mountinfo reader); ``timeout`` is the default, in seconds,
-    for every command (``None``: no limit).
+    for every command in the guest: an hour, so that no call can hold a
+    script or a notebook forever (``None``: no limit).
     """
 
     def __init__(
         self,
         *,
         mount_check: MountCheck | str = MountCheck.MOUNTPOINT,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         self.mount_check = MountCheck(mount_check)
         self.timeout = timeout
@@ -82,7 +87,7 @@ class VMCraft:
         root: str | os.PathLike[str],
         *,
         mount_check: MountCheck | str = MountCheck.MOUNTPOINT,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> Self:
         """A handle on a guest root the caller has already mounted.
 
@@ -108,6 +113,7 @@ class VMCraft:
     def close(self) -> None:
         """Release everything the handle acquired, in reverse order."""
         try:
+            self.umount_local()
             self._stack.close()
         finally:
             self._root = None

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
 
-from vmcraft.errors import HostToolMissingError, NotRootError
+from vmcraft.errors import HostToolMissingError, HostToolTimeoutError, NotRootError
 
 # Where a minimal host keeps its tools, for when the caller's PATH is odd
 # (a notebook kernel, a systemd unit with an empty environment).
@@ -23,3 +26,21 @@ def host_tool(name: str, package: str) -> str:
     if found is None:
         raise HostToolMissingError(name, package)
     return found
+
+
+def run_tool(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    **kwargs: Any,  # noqa: ANN401 - subprocess.run's own keywords
+) -> subprocess.CompletedProcess[Any]:
+    """subprocess.run for host tools: bounded, and a hang is a VMCraftError.
+
+    A host tool stuck on a bad device (blkid, lvm, qemu-img) must not hang
+    a migration script or a notebook kernel forever.
+    """
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    try:
+        return subprocess.run(list(argv), timeout=timeout, check=False, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        raise HostToolTimeoutError(f"{argv[0]} did not finish within {timeout:g} s") from exc

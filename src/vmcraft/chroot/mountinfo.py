@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vmcraft.errors import HostToolMissingError
+from vmcraft.host import run_tool
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -130,12 +131,11 @@ class MountpointCommandProbe:
         self._tool = tool
 
     def is_mounted(self, path: Path, *, canonical: bool = False) -> bool:
-        done = subprocess.run(
+        done = run_tool(
             [self._tool, "-q", "--", os.fspath(path)],
-            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            check=False,
+            timeout=10,
         )
         return done.returncode == 0
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
-from vmcraft.host import host_tool
+from vmcraft.host import host_tool, run_tool
 
 
 def probe(node: Path) -> dict[str, str]:
@@ -14,12 +13,11 @@ def probe(node: Path) -> dict[str, str]:
 
     An empty dict when blkid finds nothing it knows.
     """
-    done = subprocess.run(
+    done = run_tool(
         [host_tool("blkid", "util-linux"), "-p", "-o", "export", "--", os.fspath(node)],
         capture_output=True,
         text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
+        timeout=60,
     )
     # Exit 2: nothing found; other failures also mean "nothing we can use".
     if done.returncode != 0:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmcraft.errors import ImageFormatError, ImageNotFoundError
-from vmcraft.host import host_tool
+from vmcraft.host import host_tool, run_tool
 
 # Formats qemu reads that vmcraft attaches; "raw" goes straight to a loop
 # device, the others through a qemu-storage-daemon export.
@@ -49,13 +48,7 @@ def image_info(path: Path, fmt: str | None = None) -> ImageInfo:
     argv = [host_tool("qemu-img", "qemu-utils"), "info", "--output=json", "--force-share"]
     if fmt is not None:
         argv += ["-f", fmt]
-    done = subprocess.run(
-        [*argv, "--", os.fspath(path)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    done = run_tool([*argv, "--", os.fspath(path)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1:] or ["qemu-img failed"]
         raise ImageFormatError(f"cannot read {os.fspath(path)!r} as a disk image: {reason[0]}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmcraft.errors import DriveError
-from vmcraft.host import host_tool
+from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
 log = get_logger(__name__)
@@ -199,13 +199,12 @@ def _scan_partitions(loop: LoopDevice) -> None:
     with contextlib.suppress(OSError):  # no table, or the kernel wants BLKPG: partx below
         fcntl.ioctl(loop.fd, BLKRRPART)
     if not loop.partitions():
-        subprocess.run(
+        run_tool(
             [host_tool("partx", "util-linux"), "-a", os.fspath(loop.path)],
-            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            check=False,  # a disk without a partition table is fine
-        )
+            timeout=60,
+        )  # its status is not checked: a disk without a partition table is fine
     for node in loop.partitions():
         if not _wait_until(node.exists, 5.0):
             raise DriveError(f"partition node {node} did not appear")

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmcraft.errors import DriveError
-from vmcraft.host import host_tool
+from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
 log = get_logger(__name__)
@@ -80,13 +79,12 @@ def _lvm(args: list[str], pvs: list[Path]) -> dict[str, object]:
         "b",
         "--nosuffix",
     ]
-    done = subprocess.run(
+    done = run_tool(
         argv,
         capture_output=True,
         text=True,
-        stdin=subprocess.DEVNULL,
         env={"PATH": os.environ.get("PATH", ""), "LVM_SUPPRESS_FD_WARNINGS": "1", "LANG": "C"},
-        check=False,
+        timeout=300,
     )
     if done.returncode != 0:
         reason = [line for line in done.stderr.splitlines() if "WARNING" not in line][-1:]
@@ -168,7 +166,7 @@ def linear_range(lv: LogicalVolume, pe_start: dict[Path, int]) -> ByteRange | st
 
 def activate(vg: str, pvs: list[Path]) -> None:
     """Activate a guest VG through device-mapper (hosts that have it)."""
-    subprocess.run(
+    done = run_tool(
         [
             host_tool("lvm", "lvm2"),
             "vgchange",
@@ -179,15 +177,18 @@ def activate(vg: str, pvs: list[Path]) -> None:
             "activation/udev_sync=0 activation/udev_rules=0 activation/verify_udev_operations=1",
             vg,
         ],
-        check=True,
         capture_output=True,
-        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=300,
     )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["vgchange failed"]
+        raise DriveError(f"cannot activate the guest's volume group {vg}: {tail[0]}")
     log.info("lvm.activate", vg=vg)
 
 
 def deactivate(vg: str, pvs: list[Path]) -> None:
-    subprocess.run(
+    run_tool(
         [
             host_tool("lvm", "lvm2"),
             "vgchange",
@@ -196,8 +197,7 @@ def deactivate(vg: str, pvs: list[Path]) -> None:
             ",".join(os.fspath(p) for p in pvs),
             vg,
         ],
-        check=False,
         capture_output=True,
-        stdin=subprocess.DEVNULL,
+        timeout=300,
     )
     log.info("lvm.deactivate", vg=vg)

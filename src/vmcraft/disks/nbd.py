@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmcraft.errors import DriveError, ImageFormatError
-from vmcraft.host import host_tool
+from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
 log = get_logger(__name__)
@@ -39,11 +38,10 @@ class NbdConnection:
     device: Path
 
     def disconnect(self) -> None:
-        subprocess.run(
+        run_tool(
             [host_tool("qemu-nbd", "qemu-utils"), "--disconnect", os.fspath(self.device)],
-            stdin=subprocess.DEVNULL,
             capture_output=True,
-            check=False,
+            timeout=60,
         )
         log.debug("nbd.disconnect", device=str(self.device))
 
@@ -55,13 +53,7 @@ def connect(image: Path, fmt: str, *, readonly: bool) -> NbdConnection:
         argv = [tool, f"--connect={device}", f"--format={fmt}", "--fork"]
         if readonly:
             argv.append("--read-only")
-        done = subprocess.run(
-            [*argv, "--", os.fspath(image)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = run_tool([*argv, "--", os.fspath(image)], capture_output=True, text=True, timeout=60)
         if done.returncode == 0:
             deadline = time.monotonic() + 10
             while not os.path.exists(f"/sys/block/{device.name}/pid"):

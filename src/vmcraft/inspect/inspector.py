@@ -35,6 +35,7 @@ class OSInfo:
     product_name: str
     major_version: int
     minor_version: int
+    arch: str
     os_release: dict[str, str] = field(repr=False)
     fstab: list[FstabEntry] = field(repr=False)
     mountpoints: dict[str, str] = field(default_factory=dict)
@@ -85,6 +86,29 @@ def resolve_spec(spec: str, disks: AttachedDisks) -> str | None:
     return None
 
 
+_ELF_MACHINES = {
+    0x3E: "x86_64",
+    0x03: "i386",
+    0xB7: "aarch64",
+    0x28: "arm",
+    0xF3: "riscv64",
+    0x15: "ppc64",
+    0x16: "s390x",
+}
+
+
+def elf_arch(files: GuestFiles) -> str:
+    """The architecture of the guest's /bin/sh, from its ELF header (as libguestfs does)."""
+    for path in ("/bin/sh", "/usr/bin/sh", "/bin/ls", "/usr/bin/ls"):
+        try:
+            head = files.read_file(path)[:20]
+        except GuestFileError:
+            continue
+        if head[:4] == b"\x7fELF":
+            return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little"), "unknown")
+    return "unknown"
+
+
 def _read(files: GuestFiles, *paths: str) -> str | None:
     for path in paths:
         try:
@@ -131,6 +155,7 @@ def inspect_device(
             if debian_version and debian_version.strip()[:1].isdigit():
                 major, minor = version_numbers(debian_version)
         fstab = parse_fstab(_read(files, "/etc/fstab") or "")
+        arch = elf_arch(files)
     finally:
         mounts.umount_all()
     mountpoints = {"/": name}
@@ -145,6 +170,7 @@ def inspect_device(
         product_name=release.get("PRETTY_NAME") or release.get("NAME", "Linux"),
         major_version=major,
         minor_version=minor,
+        arch=arch,
         os_release=release,
         fstab=fstab,
         mountpoints=mountpoints,
