@@ -9,6 +9,7 @@ at each layer: the daemon's block node and export, the loop device, and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from types import TracebackType
 from vmcraft.chroot.devtree import BlockDevice
 from vmcraft.disks import blkid, loop, lvm, nbd, qsd
 from vmcraft.disks.names import DeviceTable
+from vmcraft.errors import VMCraftError
 from vmcraft.log import get_logger
 
 log = get_logger(__name__)
@@ -137,6 +139,12 @@ class AttachedDisks:
 
     def readonly(self, name: str) -> bool:
         return self._readonly.get(self.table.canonical(name), True)
+
+    def on_detach(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` at shutdown, after the guest's mounts, before the loop devices."""
+        if self._stack is None:
+            raise VMCraftError("the drives are not attached")
+        self._stack.callback(callback)
 
     def add_volume(self, name: str, node: Path, *, readonly: bool) -> None:
         self.table.volumes[name] = node

@@ -66,6 +66,8 @@ class DeviceTable:
 
     def canonical(self, name: str) -> str:
         """The libguestfs spelling of a guest device name (vda1 -> sda1, mapper -> VG/LV)."""
+        if name in self.volumes:
+            return name
         match = _DISK_NAME.match(name)
         if match:
             number = str(int(match.group(2))) if match.group(2) else ""
