@@ -52,8 +52,10 @@ CopyImage = Callable[[str], Path]
 
 
 @pytest.fixture
-def image_copy(debian: DebianDisk, tmp_path: Path) -> CopyImage:
-    """A writable copy of the Debian disk in the format asked for."""
+def image_copy(debian: DebianDisk, tmp_path: Path) -> Iterator[CopyImage]:
+    """A writable copy of the Debian disk in the format asked for (removed afterwards:
+    a run makes dozens of gigabyte-sized copies)."""
+    made: list[Path] = []
 
     def copy(fmt: str) -> Path:
         target = tmp_path / f"guest.{fmt}"
@@ -62,9 +64,12 @@ def image_copy(debian: DebianDisk, tmp_path: Path) -> CopyImage:
             check=True,
         )
         target.chmod(0o644)
+        made.append(target)
         return target
 
-    return copy
+    yield copy
+    for path in made:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture

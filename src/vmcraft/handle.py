@@ -48,6 +48,7 @@ from vmcraft.guestfs_calls import GuestfsCalls
 from vmcraft.host import require_privileges
 from vmcraft.inspect.inspector import OSInfo, inspect_all
 from vmcraft.log import get_logger, ms_since
+from vmcraft.signals import deferred_signals
 
 log = get_logger(__name__)
 
@@ -111,10 +112,17 @@ class VMCraft(GuestfsCalls):
         self.close()
 
     def close(self) -> None:
-        """Release everything the handle acquired, in reverse order."""
+        """Release everything the handle acquired, in reverse order.
+
+        Ctrl-C is held back until everything is released: half a shutdown
+        leaves mounts and devices on the host.
+        """
         try:
-            self.umount_local()
-            self._stack.close()
+            with deferred_signals():
+                try:
+                    self.umount_local()
+                finally:
+                    self._stack.close()
         finally:
             self._root = None
             self._disks = None
@@ -319,7 +327,7 @@ class VMCraft(GuestfsCalls):
         mounts.umount_all()
 
     def guest_mounts(self) -> list[GuestMount]:
-        """What is mounted in the guest tree, with how (kernel or fusefat) and read-only or not."""
+        """What is mounted in the guest tree, with how (kernel, or mtools staging for FAT) and read-only or not."""
         return self._mounts_or_empty()
 
     def mountpoints(self) -> dict[str, str]:

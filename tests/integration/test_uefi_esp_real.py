@@ -46,7 +46,7 @@ def test_esp_is_mounted_and_readable(image: Path, uefi: UefiDisk) -> None:
         g.mount("/dev/sda2", "/")
         g.mount("/dev/sda1", "/boot/efi")
         (esp,) = [m for m in g.guest_mounts() if m.mountpoint == "/boot/efi"]
-        assert esp.driver == ("kernel" if kernel_supports("vfat") else "fusefat")
+        assert esp.driver == ("kernel" if kernel_supports("vfat") else "mtools")
         stub = g.cat("/boot/efi/EFI/debian/grub.cfg")
         assert f"search.fs_uuid {uefi.root_uuid} root" in stub
 
@@ -65,6 +65,56 @@ def test_dry_run_plan_for_a_uefi_debian_guest_leaves_the_image_alone(image: Path
         ("grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"),
     ]
     (esp,) = [m for m in report.mounted if m["mountpoint"] == "/boot/efi"]
-    assert esp["driver"] in ("kernel", "fusefat")
+    assert esp["driver"] in ("kernel", "mtools")
     assert esp["readonly"] is True
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
+
+
+def _mtools(*argv: str) -> str:
+    done = subprocess.run(
+        list(argv), capture_output=True, text=True, check=True, env={"MTOOLS_SKIP_CHECK": "1"}
+    )
+    return done.stdout
+
+
+def test_writes_to_the_esp_reach_the_fat_filesystem(image: Path, uefi: UefiDisk) -> None:
+    with VMCraft() as g:
+        g.add_drive_opts(image, readonly=False)
+        g.launch()
+        g.mount("/dev/sda2", "/")
+        g.mount("/dev/sda1", "/boot/efi")
+        g.mkdir_p("/boot/efi/EFI/BOOT")
+        g.write("/boot/efi/EFI/BOOT/grub.cfg", "configfile (hd0,gpt2)/boot/grub/grub.cfg\n")
+        g.write("/boot/efi/EFI/debian/grub.cfg", "search.fs_uuid new-uuid root\n")
+        g.write("/boot/efi/EFI/debian/extra.txt", "to be removed\n")
+        g.rm("/boot/efi/EFI/debian/extra.txt")
+    # Read back with mtools from the image itself, at the ESP's offset.
+    esp = f"{image}@@{2048 * 512}"
+    assert _mtools("mtype", "-i", esp, "::/EFI/BOOT/grub.cfg") == (
+        "configfile (hd0,gpt2)/boot/grub/grub.cfg\n"
+    )
+    assert _mtools("mtype", "-i", esp, "::/EFI/debian/grub.cfg") == "search.fs_uuid new-uuid root\n"
+    listing = _mtools("mdir", "-b", "-i", esp, "::/EFI/debian")
+    assert "extra.txt" not in listing.lower()
+    # And the FAT is one fsck.vfat accepts.
+    part = Path(str(image) + ".esp")
+    subprocess.run(
+        ["dd", f"if={image}", f"of={part}", "bs=512", "skip=2048", "count=131072", "status=none"],
+        check=True,
+    )
+    check = subprocess.run(
+        ["fsck.vfat", "-n", str(part)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_read_only_esp_changes_nothing(image: Path) -> None:
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    with VMCraft() as g:
+        g.add_drive_opts(image)
+        g.launch()
+        g.mount("/dev/sda2", "/")
+        g.mount("/dev/sda1", "/boot/efi")
+        with pytest.raises(RuntimeError):
+            g.write("/boot/efi/EFI/debian/grub.cfg", "x")
     assert hashlib.sha256(image.read_bytes()).hexdigest() == digest

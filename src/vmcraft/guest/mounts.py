@@ -12,17 +12,14 @@ import contextlib
 import errno
 import os
 import posixpath
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmcraft import syscalls
-from vmcraft.chroot.mountinfo import mount_points
 from vmcraft.chroot.safepath import open_guest_dir
 from vmcraft.disks.blkid import probe
 from vmcraft.errors import GuestMountError, UnmountError, UnsafePathError
-from vmcraft.host import host_tool
+from vmcraft.guest.fatstage import StagedFat
 from vmcraft.log import get_logger
 from vmcraft.signals import deferred_signals
 from vmcraft.unmount import unmount
@@ -54,8 +51,8 @@ class GuestMount:
     fstype: str
     readonly: bool
     driver: str = "kernel"
-    """``kernel``, or ``fusefat`` where the kernel has no FAT driver."""
-    helper: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
+    """``kernel``, or ``mtools`` for FAT where the kernel has no FAT driver."""
+    staged: StagedFat | None = field(default=None, compare=False, repr=False)
 
 
 def normalize(mountpoint: str) -> str:
@@ -113,8 +110,10 @@ class GuestMounts:
             os.close(root_fd)
         target = self.root if point == "/" else self.root / point.lstrip("/")
         if fstype in _FAT and not kernel_supports(fstype):
-            os.close(fd)
-            return self._mount_fusefat(device, node, point, target, fstype, readonly=readonly)
+            try:
+                return self._mount_staged_fat(device, node, point, fd, target, readonly=readonly)
+            finally:
+                os.close(fd)
         try:
             with deferred_signals():
                 self._mount_fd(node, fd, fstype, readonly=readonly, options=options, device=device)
@@ -129,38 +128,40 @@ class GuestMounts:
         log.debug("guest.mount", device=device, mountpoint=point, fstype=fstype, ro=readonly)
         return entry
 
-    def _mount_fusefat(
-        self, device: str, node: Path, point: str, target: Path, fstype: str, *, readonly: bool
+    def _mount_staged_fat(
+        self, device: str, node: Path, point: str, fd: int, target: Path, *, readonly: bool
     ) -> GuestMount:
-        """The ESP through Debian's fusefat, read-only, where the kernel has no vfat.
-
-        Read-only on purpose: fusefat's writes were seen to leave a FAT that
-        mtools refuses. A step that must write to the ESP then fails with
-        that reason instead of corrupting it.
-        """
-        tool = host_tool("fusefat", "fusefat")
-        if not readonly:
-            log.warning(
-                "guest.esp_read_only",
-                device=device,
-                reason="this host's kernel has no vfat; fusefat is used read-only",
+        """A FAT filesystem (the ESP) where the kernel has no FAT driver: see fatstage.py."""
+        with deferred_signals():
+            syscalls.mount(
+                "tmpfs",
+                f"/proc/self/fd/{fd}",
+                "tmpfs",
+                syscalls.MS_NOSUID | syscalls.MS_NODEV,
+                "mode=0700",
             )
-        helper = subprocess.Popen(
-            [tool, "-f", "-o", "ro", os.fspath(node), os.fspath(target)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # fusefat prints its debugging there
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while os.fspath(target) not in mount_points():
-            if helper.poll() is not None or time.monotonic() > deadline:
-                helper.kill()
-                helper.wait()
-                raise GuestMountError(f"cannot mount {device} ({fstype}) with fusefat")
-            time.sleep(0.01)
-        entry = GuestMount(device, node, point, target, fstype, True, "fusefat", helper)
-        self._stack.append(entry)
-        log.info("guest.mount", device=device, mountpoint=point, fstype=fstype, driver="fusefat")
+            staged = StagedFat(node, target)
+            entry = GuestMount(
+                device, node, point, target, "vfat", readonly, "mtools", staged=staged
+            )
+            self._stack.append(entry)
+        try:
+            staged.load()
+            if readonly:
+                syscalls.mount(
+                    None,
+                    os.fspath(target),
+                    None,
+                    syscalls.MS_REMOUNT
+                    | syscalls.MS_RDONLY
+                    | syscalls.MS_NOSUID
+                    | syscalls.MS_NODEV,
+                )
+        except BaseException:
+            self._stack.remove(entry)
+            unmount(target)
+            raise
+        log.info("guest.mount", device=device, mountpoint=point, fstype="vfat", driver="mtools")
         return entry
 
     @staticmethod
@@ -206,7 +207,7 @@ class GuestMounts:
                 entry = self._stack[-1]
                 try:
                     self._unmount(entry)
-                except (OSError, UnmountError) as exc:
+                except (OSError, UnmountError, GuestMountError) as exc:
                     errors.append(f"{entry.mountpoint}: {exc}")
                 self._stack.pop()
         if errors:
@@ -215,16 +216,18 @@ class GuestMounts:
     @staticmethod
     def _unmount(entry: GuestMount) -> None:
         os.sync()  # ask the kernel to write back before the device goes
+        failure: GuestMountError | None = None
+        if entry.staged is not None and not entry.readonly:
+            try:
+                entry.staged.write_back()
+            except GuestMountError as exc:
+                failure = exc
         try:
             lazy = unmount(entry.target)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 return
             raise
-        if entry.helper is not None:
-            try:
-                entry.helper.wait(10)
-            except subprocess.TimeoutExpired:
-                entry.helper.kill()
-                entry.helper.wait()
         log.debug("guest.umount", mountpoint=entry.mountpoint, lazy=lazy)
+        if failure is not None:
+            raise GuestMountError(f"{entry.mountpoint}: changes not written back: {failure}")
