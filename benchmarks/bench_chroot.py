@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -31,10 +30,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import isolate
 from tests.fixtures.guestroot import minbase_root
 from vmcraft import VMCraft, syscalls
 
@@ -125,15 +123,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("the benchmark mounts: run it as root", file=sys.stderr)
-        return 2
     if args.runs < 30:
         parser.error("--runs must be at least 30")
-    # Events are not what is measured: drop everything below warnings.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    syscalls.unshare(syscalls.CLONE_NEWNS)
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    isolate("mounts")
 
     samples, per_held_command = measure(args.runs)
     med = {name: statistics.median(vals) * 1000 for name, vals in samples.items()}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import subprocess
@@ -24,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import isolate
 from tests.fixtures.guestdisk import debian_disk
-from vmcraft import VMCraft, syscalls
+from vmcraft import VMCraft
 
 MKCONFIG = ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]
 
@@ -111,12 +109,7 @@ def main() -> int:
     parser.add_argument("--peer-runs", type=int, default=3, help="libguestfs runs (0: skip)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("the benchmark attaches disks: run it as root", file=sys.stderr)
-        return 2
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    syscalls.unshare(syscalls.CLONE_NEWNS)
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    isolate("attaches disks")
 
     disk = debian_disk()
     with tempfile.TemporaryDirectory(prefix="vmcraft-bench-", dir="/var/tmp") as tmp:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -20,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import isolate
 from tests.boot import boot
-from vmcraft import syscalls
 from vmcraft.demo.run import prepare_demo_image
 from vmcraft.fixers.fixboot import fix_boot
 
@@ -37,12 +34,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("the benchmark attaches disks: run it as root", file=sys.stderr)
-        return 2
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    syscalls.unshare(syscalls.CLONE_NEWNS)
-    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    isolate("attaches disks")
 
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
     boots: list[float] = []
