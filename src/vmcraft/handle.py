@@ -327,7 +327,7 @@ class VMCraft(GuestfsCalls):
         mounts.umount_all()
 
     def guest_mounts(self) -> list[GuestMount]:
-        """What is mounted in the guest tree, with how (kernel, or mtools staging for FAT) and read-only or not."""
+        """What is mounted in the guest tree: how (kernel, or mtools for FAT) and if read-only."""
         return self._mounts_or_empty()
 
     def mountpoints(self) -> dict[str, str]:
