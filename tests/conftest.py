@@ -18,7 +18,7 @@ import pytest
 
 from tests.fixtures.guestdisk import DebianDisk, debian_disk
 from tests.leaks import snapshot
-from vmcraft import cleanup, syscalls
+from vmcraft import VMCraft, cleanup, syscalls
 
 IS_ROOT = os.geteuid() == 0
 
@@ -51,6 +51,25 @@ def debian() -> DebianDisk:
 CopyImage = Callable[[str], Path]
 
 
+def writable_copy(image: Path, target: Path) -> Path:
+    """A sparse, writable copy of a cached (read-only) image."""
+    subprocess.run(["cp", "--sparse=always", "--", os.fspath(image), os.fspath(target)], check=True)
+    target.chmod(0o644)
+    return target
+
+
+def launched(path: Path, *, readonly: bool = True) -> VMCraft:
+    """A handle launched on ``path``, closed again if launching fails."""
+    g = VMCraft()
+    try:
+        g.add_drive_opts(path, readonly=readonly)
+        g.launch()
+    except BaseException:
+        g.close()
+        raise
+    return g
+
+
 @pytest.fixture
 def image_copy(debian: DebianDisk, tmp_path: Path) -> Iterator[CopyImage]:
     """A writable copy of the Debian disk in the format asked for (removed afterwards:
@@ -58,12 +77,7 @@ def image_copy(debian: DebianDisk, tmp_path: Path) -> Iterator[CopyImage]:
     made: list[Path] = []
 
     def copy(fmt: str) -> Path:
-        target = tmp_path / f"guest.{fmt}"
-        subprocess.run(
-            ["cp", "--sparse=always", "--", os.fspath(debian.image(fmt)), os.fspath(target)],
-            check=True,
-        )
-        target.chmod(0o644)
+        target = writable_copy(debian.image(fmt), tmp_path / f"guest.{fmt}")
         made.append(target)
         return target
 

@@ -26,7 +26,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 import vmcraft.guest.mounts
-from tests.conftest import CopyImage
+from tests.conftest import CopyImage, launched
 from tests.fixtures.guestdisk import DebianDisk
 from tests.leaks import mount_table, snapshot
 from vmcraft import (
@@ -110,17 +110,6 @@ def pristine(
         return made[fmt]
 
     return get
-
-
-def launched(path: Path, *, readonly: bool = True) -> VMCraft:
-    g = VMCraft()
-    try:
-        g.add_drive_opts(path, readonly=readonly)
-        g.launch()
-    except BaseException:
-        g.close()
-        raise
-    return g
 
 
 # -- devices, partitions, filesystems ----------------------------------------------

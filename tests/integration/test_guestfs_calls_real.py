@@ -26,7 +26,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import vmcraft
-from tests.conftest import CopyImage
+from tests.conftest import CopyImage, launched
 from tests.fixtures.guestdisk import DebianDisk
 from tests.fixtures.lvmdisk import BOOT_UUID, LvmDisk, lvm_disk
 from tests.leaks import mount_table, snapshot
@@ -45,17 +45,6 @@ HOSTNAME = b"vmcraft-demo\n"
 
 
 # -- helpers and shared handles ----------------------------------------------------
-
-
-def launched(path: Path, *, readonly: bool = True) -> VMCraft:
-    g = VMCraft()
-    try:
-        g.add_drive_opts(path, readonly=readonly)
-        g.launch()
-    except BaseException:
-        g.close()
-        raise
-    return g
 
 
 def copy_image(source: Path, target: Path, mode: int) -> Path:

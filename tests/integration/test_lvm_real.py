@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import writable_copy
 from tests.fixtures.lvmdisk import BOOT_UUID, LvmDisk, lvm_disk
 from vmcraft import UnknownDeviceError, VMCraft
 from vmcraft.disks.lvm import device_mapper_available
@@ -22,10 +22,7 @@ def lvm_guest() -> LvmDisk:
 
 @pytest.fixture
 def image(lvm_guest: LvmDisk, tmp_path: Path) -> Path:
-    copy = tmp_path / "lvm.raw"
-    subprocess.run(["cp", "--sparse=always", str(lvm_guest.raw), str(copy)], check=True)
-    copy.chmod(0o644)
-    return copy
+    return writable_copy(lvm_guest.raw, tmp_path / "lvm.raw")
 
 
 def sha256(path: Path) -> str:

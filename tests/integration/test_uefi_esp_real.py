@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import writable_copy
 from tests.fixtures.uefidisk import UefiDisk, uefi_disk
 from vmcraft import VMCraft
 from vmcraft.fixers.fixboot import BootFixer, FixBootOptions
@@ -23,10 +24,7 @@ def uefi() -> UefiDisk:
 
 @pytest.fixture
 def image(uefi: UefiDisk, tmp_path: Path) -> Path:
-    copy = tmp_path / "uefi.raw"
-    subprocess.run(["cp", "--sparse=always", str(uefi.raw), str(copy)], check=True)
-    copy.chmod(0o644)
-    return copy
+    return writable_copy(uefi.raw, tmp_path / "uefi.raw")
 
 
 def test_inspection_finds_the_esp_in_fstab(image: Path, uefi: UefiDisk) -> None:
