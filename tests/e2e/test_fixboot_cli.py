@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
+import psutil
 import pytest
 
 from tests.conftest import CopyImage
@@ -192,3 +194,55 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert vmcraft_cli("cleanup").stdout == "nothing left behind by vmcraft\n"
     finally:
         vmcraft_cli("cleanup")  # never leave the victim's daemon and loop device behind
+
+
+def test_ctrl_c_at_the_terminal_leaves_nothing_and_a_sound_image(image_copy: CopyImage) -> None:
+    """SIGINT to the whole foreground process group, as a terminal sends it."""
+    image = image_copy("qcow2")
+    before = snapshot()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmcraft",
+            "run",
+            str(image),
+            "--rw",
+            "--with-mounts",
+            "--",
+            "sh",
+            "-c",
+            "echo written > /root/marker; sleep 60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    assert proc.stdout is not None
+    try:
+        # vmcraft run prints the guest's output at the end: wait for the guest's sleep.
+        deadline = 60.0
+        while deadline > 0 and not any(
+            p.name() == "sleep" for p in psutil.Process(proc.pid).children(recursive=True)
+        ):
+            time.sleep(0.1)
+            deadline -= 0.1
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert snapshot() == before
+    check = subprocess.run(
+        ["qemu-img", "check", str(image)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    with VMCraft() as g:
+        g.add_drive_opts(image)
+        g.launch()
+        g.mount("/dev/sda2", "/")
+        assert g.cat("/root/marker") == "written\n"

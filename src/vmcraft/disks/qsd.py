@@ -92,8 +92,16 @@ def start_export(image: Path, fmt: str, export: Path, *, readonly: bool) -> Stor
         os.fspath(pidfile),
     ]
     with open(errors, "wb") as err:
+        # A session of its own: a Ctrl-C at the terminal goes to vmcraft's
+        # process group, and the daemon must outlive it until the guest's
+        # filesystems are unmounted and the loop device is gone, or the
+        # image loses what was not yet written.
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
         )
     daemon = StorageExport(image=image, export=export, process=process)
     # The pid file is written once every option, the export included, is set up.
