@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -44,3 +45,33 @@ def run_tool(
         return subprocess.run(list(argv), timeout=timeout, check=False, **kwargs)
     except subprocess.TimeoutExpired as exc:
         raise HostToolTimeoutError(f"{argv[0]} did not finish within {timeout:g} s") from exc
+
+
+def status_of(argv: Sequence[str], *, timeout: float) -> int:
+    """Exit status of a host tool run for its status alone, bounded by ``timeout``.
+
+    subprocess's own timeout polls with growing sleeps, which adds a
+    millisecond or more to a tool that takes one; this waits on a pidfd
+    instead, so a bounded call costs what the tool costs.
+    """
+    proc = subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # kernels before 5.3
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            raise HostToolTimeoutError(f"{argv[0]} did not finish within {timeout:g} s") from exc
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        proc.kill()
+        proc.wait()
+        raise HostToolTimeoutError(f"{argv[0]} did not finish within {timeout:g} s")
+    return proc.wait()

@@ -82,3 +82,76 @@ def mount_id_of_fd(fd: int) -> int:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
     raise OSError(f"no mnt_id in /proc/self/fdinfo/{fd}")
+
+
+# The new mount API (Linux 5.2+, mount_setattr 5.12+): a bind can be cloned,
+# made private while still detached, and only then attached to the target.
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+_SYS_OPEN_TREE = 428  # x86_64 and aarch64 alike (the unified syscall table)
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(number: int, *args: object, what: str) -> int:
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+    return result
+
+
+def bind_private(source: str, target_fd: int) -> None:
+    """Bind ``source`` onto the directory ``target_fd``, private from its first instant.
+
+    The clone of ``source`` is made private while still detached, so it is
+    never in the source's peer group, then moved onto the checked target.
+    Raises OSError (ENOSYS on kernels without the new mount API).
+    """
+    tree = _syscall(
+        _SYS_OPEN_TREE,
+        ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(os.fsencode(source)),
+        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
+        what=source,
+    )
+    try:
+        attr = _MountAttr(0, 0, MS_PRIVATE, 0)
+        _syscall(
+            _SYS_MOUNT_SETATTR,
+            ctypes.c_int(tree),
+            ctypes.c_char_p(b""),
+            ctypes.c_uint(AT_EMPTY_PATH),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+            what=source,
+        )
+        _syscall(
+            _SYS_MOVE_MOUNT,
+            ctypes.c_int(tree),
+            ctypes.c_char_p(b""),
+            ctypes.c_int(target_fd),
+            ctypes.c_char_p(b""),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+            what=source,
+        )
+    finally:
+        os.close(tree)

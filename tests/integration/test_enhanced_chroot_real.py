@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_mock
 from structlog.testing import capture_logs
 
 from tests.leaks import mount_table
@@ -441,3 +442,17 @@ def test_mountpoint_and_mountinfo_checks_agree(
         for name, (path, expected) in probe_cases.items()
     }
     assert answers == {name: (exp, exp, exp) for name, (_, exp) in probe_cases.items()}
+
+
+def test_binds_are_private_before_they_are_attached(
+    g: VMCraft, mocker: pytest_mock.MockerFixture
+) -> None:
+    """On kernels with the new mount API the clone is private while still detached."""
+    spy = mocker.spy(syscalls, "bind_private")
+    mounts = mocker.spy(syscalls, "mount")
+    with g.pseudofs():
+        pass
+    assert [c.args[0] for c in spy.call_args_list] == ["/proc", "/dev", "/sys"]
+    assert spy.spy_exception is None
+    # mount(2) is then only asked to confirm MS_PRIVATE, never to bind.
+    assert not [c for c in mounts.call_args_list if c.args[3] & syscalls.MS_BIND]

@@ -11,6 +11,7 @@ reads back which directory its ``/proc/self/fd/N`` target is.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Callable, Sequence
@@ -160,6 +161,12 @@ def install_fake_kernel(mocker: MockerFixture, root: Path) -> FakeKernel:
         "vmcraft.chroot.pseudofs.syscalls.mount_id_of_fd", side_effect=itertools.count(100)
     )
     mocker.patch("vmcraft.chroot.pseudofs.mount_ids", return_value=set())
+    # As on a kernel without the new mount API: every mount goes through mount(2),
+    # which the fake records.
+    mocker.patch(
+        "vmcraft.chroot.pseudofs.syscalls.bind_private",
+        side_effect=OSError(errno.ENOSYS, "Function not implemented"),
+    )
     fake.reap = mocker.patch("vmcraft.chroot.pseudofs.reaper.reap", side_effect=fake.fake_reap)
     mocker.patch("vmcraft.chroot.pseudofs.make_probe", side_effect=fake.make_probe)
     fake.run_in_root = mocker.patch("vmcraft.handle.run_in_root", side_effect=fake.fake_run)

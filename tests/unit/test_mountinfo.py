@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from unittest.mock import MagicMock
 
@@ -22,6 +21,8 @@ from vmcraft.chroot.mountinfo import (
     mount_points,
     parse_mountinfo,
 )
+from vmcraft.errors import HostToolTimeoutError
+from vmcraft.host import status_of
 
 SAMPLE = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro\n"
@@ -232,28 +233,28 @@ def test_mountpoint_tool_missing(mocker: MockerFixture) -> None:
 
 def test_mountpoint_tool_found_on_system_path(mocker: MockerFixture) -> None:
     mocker.patch("vmcraft.chroot.mountinfo.shutil.which", side_effect=[None, "/usr/bin/mountpoint"])
-    run = mocker.patch(
-        "vmcraft.chroot.mountinfo.subprocess.run",
-        return_value=subprocess.CompletedProcess([], 0),
-    )
+    status = mocker.patch("vmcraft.chroot.mountinfo.status_of", return_value=0)
 
     assert MountpointCommandProbe().is_mounted(Path("/guest/proc"))
-    assert run.call_args.args[0] == ["/usr/bin/mountpoint", "-q", "--", "/guest/proc"]
+    assert status.call_args.args[0] == ["/usr/bin/mountpoint", "-q", "--", "/guest/proc"]
 
 
 @pytest.mark.parametrize(("returncode", "mounted"), [(0, True), (1, False), (32, False)])
 def test_mountpoint_exit_status(mocker: MockerFixture, returncode: int, mounted: bool) -> None:
     mocker.patch("vmcraft.chroot.mountinfo.shutil.which", return_value="/bin/mountpoint")
-    run = mocker.patch(
-        "vmcraft.chroot.mountinfo.subprocess.run",
-        return_value=subprocess.CompletedProcess([], returncode),
-    )
+    status = mocker.patch("vmcraft.chroot.mountinfo.status_of", return_value=returncode)
     probe = MountpointCommandProbe()
 
     assert probe.is_mounted(Path("/guest/dev")) is mounted
     probe.note_mounted(Path("/guest/dev"))  # nothing to remember
-    assert run.call_args.kwargs["stdin"] == subprocess.DEVNULL
-    assert run.call_args.kwargs["check"] is False
+    assert status.call_args.kwargs["timeout"] > 0
+
+
+def test_status_of_is_bounded() -> None:
+    assert status_of(["true"], timeout=10) == 0
+    assert status_of(["false"], timeout=10) == 1
+    with pytest.raises(HostToolTimeoutError, match=r"did not finish within 0\.2 s"):
+        status_of(["sleep", "5"], timeout=0.2)
 
 
 # -- make_probe -------------------------------------------------------------------

@@ -12,13 +12,12 @@ import enum
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from vmcraft.errors import HostToolMissingError
-from vmcraft.host import run_tool
+from vmcraft.host import status_of
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -131,13 +130,7 @@ class MountpointCommandProbe:
         self._tool = tool
 
     def is_mounted(self, path: Path, *, canonical: bool = False) -> bool:
-        done = run_tool(
-            [self._tool, "-q", "--", os.fspath(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=10,
-        )
-        return done.returncode == 0
+        return status_of([self._tool, "-q", "--", os.fspath(path)], timeout=10) == 0
 
     def note_mounted(self, path: Path) -> None:
         pass  # every question spawns a fresh mountpoint(1)

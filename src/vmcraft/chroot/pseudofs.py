@@ -19,6 +19,7 @@ length of a ``with`` block:
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -218,9 +219,8 @@ class PseudoFSMounter:
                 self.skipped.append(fs.target)
                 log.debug("pseudofs.already_mounted", target=str(path))
                 return
-            flags = fs.flags | (syscalls.MS_BIND if fs.is_bind else 0)
             try:
-                syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
+                self._attach(fs, fd)
             except OSError as exc:
                 raise MountError(f"cannot mount {fs.source} on {path}: {exc.strerror}") from exc
             # On the stack before anything else can fail: from here on,
@@ -237,6 +237,25 @@ class PseudoFSMounter:
             log.debug(
                 "pseudofs.mount", target=str(path), duration_ms=self.timings[f"mount {fs.target}"]
             )
+
+    @staticmethod
+    def _attach(fs: PseudoFS, fd: int) -> None:
+        """Mount ``fs`` on the checked directory ``fd``.
+
+        A bind goes through the new mount API where the kernel has it: the
+        clone is private before it is attached, so it is never, even for a
+        moment, in the peer group of the host's /dev. Elsewhere, mount(2)
+        and MS_PRIVATE straight after (_make_private).
+        """
+        if fs.is_bind:
+            try:
+                syscalls.bind_private(fs.source, fd)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+                    raise
+        flags = fs.flags | (syscalls.MS_BIND if fs.is_bind else 0)
+        syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
 
     def _make_private(self, root_fd: int, fs: PseudoFS, path: Path) -> int:
         """Take the fresh mount out of any peer group; return its mount id.
