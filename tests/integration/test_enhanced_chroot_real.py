@@ -454,5 +454,5 @@ def test_binds_are_private_before_they_are_attached(
         pass
     assert [c.args[0] for c in spy.call_args_list] == ["/proc", "/dev", "/sys"]
     assert spy.spy_exception is None
-    # mount(2) is then only asked to confirm MS_PRIVATE, never to bind.
+    # mount(2) is not asked to bind at all.
     assert not [c for c in mounts.call_args_list if c.args[3] & syscalls.MS_BIND]

@@ -220,7 +220,7 @@ class PseudoFSMounter:
                 log.debug("pseudofs.already_mounted", target=str(path))
                 return
             try:
-                self._attach(fs, fd)
+                private = self._attach(fs, fd)
             except OSError as exc:
                 raise MountError(f"cannot mount {fs.source} on {path}: {exc.strerror}") from exc
             # On the stack before anything else can fail: from here on,
@@ -228,7 +228,7 @@ class PseudoFSMounter:
             mounted = _Mounted(fs, path)
             self._ours.append(mounted)
             stack.callback(self._unmount, mounted)
-            mounted.mount_id = self._make_private(root_fd, fs, path)
+            mounted.mount_id = self._make_private(root_fd, fs, path, already=private)
             probe.note_mounted(path)
             self.mounted.append(fs.target)
         finally:
@@ -239,25 +239,26 @@ class PseudoFSMounter:
             )
 
     @staticmethod
-    def _attach(fs: PseudoFS, fd: int) -> None:
+    def _attach(fs: PseudoFS, fd: int) -> bool:
         """Mount ``fs`` on the checked directory ``fd``.
 
         A bind goes through the new mount API where the kernel has it: the
         clone is private before it is attached, so it is never, even for a
         moment, in the peer group of the host's /dev. Elsewhere, mount(2)
-        and MS_PRIVATE straight after (_make_private).
+        and MS_PRIVATE straight after (_make_private). True: private already.
         """
         if fs.is_bind:
             try:
                 syscalls.bind_private(fs.source, fd)
-                return
+                return True
             except OSError as exc:
                 if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
                     raise
         flags = fs.flags | (syscalls.MS_BIND if fs.is_bind else 0)
         syscalls.mount(fs.source, f"/proc/self/fd/{fd}", fs.fstype, flags, fs.data)
+        return False
 
-    def _make_private(self, root_fd: int, fs: PseudoFS, path: Path) -> int:
+    def _make_private(self, root_fd: int, fs: PseudoFS, path: Path, *, already: bool) -> int:
         """Take the fresh mount out of any peer group; return its mount id.
 
         A bind of a shared host /dev joins the host's peer group: whatever
@@ -270,7 +271,8 @@ class PseudoFSMounter:
             raise MountError(f"cannot reopen {path} after mounting: {exc}") from exc
         try:
             try:
-                syscalls.mount(None, f"/proc/self/fd/{fd}", None, syscalls.MS_PRIVATE)
+                if not already:
+                    syscalls.mount(None, f"/proc/self/fd/{fd}", None, syscalls.MS_PRIVATE)
                 mount_id = syscalls.mount_id_of_fd(fd)
             except OSError as exc:
                 raise MountError(f"cannot make {path} private: {exc.strerror}") from exc
