@@ -155,3 +155,32 @@ def bind_private(source: str, target_fd: int) -> None:
         )
     finally:
         os.close(tree)
+
+
+# openat2(2), Linux 5.6+: resolving a path as a chroot would, without one.
+
+_SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def openat2_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """Open ``path`` as seen from ``root_fd``: absolute links and ``..`` stay inside it,
+    magic links (/proc/self/fd/...) are refused."""
+    how = _OpenHow(flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    return _syscall(
+        _SYS_OPENAT2,
+        ctypes.c_int(root_fd),
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+        what=path,
+    )

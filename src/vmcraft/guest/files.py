@@ -4,14 +4,13 @@ A guest's ``/etc/resolv.conf`` may be a symlink to ``/run/...`` or
 ``../../../../etc/shadow``. Every path here is opened with ``openat2(2)``
 and ``RESOLVE_IN_ROOT``: the kernel resolves absolute links and ``..``
 against the guest root, as the guest itself would see them, and magic
-links (``/proc/self/fd``) are refused. Written by hand with ctypes on
-purpose: Python has no openat2 before 3.14 and no package wraps it.
+links (``/proc/self/fd``) are refused (the syscall is in ``syscalls.py``:
+Python has no openat2 and no maintained package wraps it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fnmatch
 import glob
@@ -20,40 +19,9 @@ import posixpath
 import stat
 from pathlib import Path
 
+from vmcraft import syscalls
 from vmcraft.errors import GuestFileError
 from vmcraft.host import run_tool
-
-_SYS_OPENAT2 = 437  # x86_64 and aarch64 alike (the new syscall table)
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def openat2_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
-    """Open ``path`` (absolute or relative, as the guest sees it) inside the root."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(
-        _SYS_OPENAT2,
-        ctypes.c_int(root_fd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
 
 
 class GuestFiles:
@@ -67,7 +35,7 @@ class GuestFiles:
             raise GuestFileError(call, path, errno.EINVAL)
         root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return openat2_in_root(root_fd, path, flags, mode)
+            return syscalls.openat2_in_root(root_fd, path, flags | os.O_CLOEXEC, mode)
         except OSError as exc:
             raise GuestFileError(call, path, exc.errno or errno.EIO) from exc
         finally:
@@ -222,14 +190,12 @@ class GuestFiles:
 
     def ln_sf(self, target: str, linkname: str) -> None:
         """Make ``linkname`` a symlink to ``target``, replacing what was there."""
-        parent, name = self._parent("ln_sf", linkname)
+        if self.is_dir(linkname):  # like ln -sf: a link inside the directory
+            parent = self._open("ln_sf", linkname, os.O_PATH | os.O_DIRECTORY)
+            name = posixpath.basename(target.rstrip("/"))
+        else:
+            parent, name = self._parent("ln_sf", linkname)
         try:
-            if self.is_dir(linkname):
-                os.close(parent)
-                parent, name = (
-                    self._open("ln_sf", linkname, os.O_PATH | os.O_DIRECTORY),
-                    (posixpath.basename(target.rstrip("/"))),
-                )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=parent)
             os.symlink(target, name, dir_fd=parent)
