@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import isolate
 from tests.fixtures.guestroot import minbase_root
-from vmcraft import VMCraft, syscalls
+from vmcraft import VMCraft
+from vmcraft.mount import syscalls
 
 TRUE = ["/bin/true"]
 

@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from vmcraft import syscalls
+from vmcraft.mount import syscalls
 
 
 def isolate(what: str) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 from tests.fixtures.guestdisk import DebianDisk, debian_disk
 from tests.leaks import snapshot
-from vmcraft import VMCraft, cleanup, syscalls
+from vmcraft import VMCraft, cleanup
+from vmcraft.mount import syscalls
 
 IS_ROOT = os.geteuid() == 0
 

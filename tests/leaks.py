@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psutil
 
-from vmcraft.chroot.mountinfo import read_mountinfo
 from vmcraft.disks.statedir import STATE_ROOT
+from vmcraft.mount.mountinfo import read_mountinfo
 
 
 def mount_table() -> list[tuple[int, str, str]]:

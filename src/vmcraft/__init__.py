@@ -1,7 +1,5 @@
 """vmcraft: repair offline virtual-machine disks with the guest's own tools."""
 
-from vmcraft.chroot.mountinfo import MountCheck
-from vmcraft.chroot.pseudofs import PseudoFS, PseudoFSMounter
 from vmcraft.chroot.run import CommandResult
 from vmcraft.errors import (
     AlreadyLaunchedError,
@@ -11,6 +9,7 @@ from vmcraft.errors import (
     GuestFileError,
     GuestMountError,
     GuestRootError,
+    HostFileError,
     HostToolMissingError,
     HostToolTimeoutError,
     ImageFormatError,
@@ -24,6 +23,8 @@ from vmcraft.errors import (
     VMCraftError,
 )
 from vmcraft.handle import VMCraft
+from vmcraft.mount.mountinfo import MountCheck
+from vmcraft.mount.pseudofs import PseudoFS, PseudoFSMounter
 from vmcraft.version import package_version
 
 __version__ = package_version()
@@ -37,6 +38,7 @@ __all__ = [
     "GuestFileError",
     "GuestMountError",
     "GuestRootError",
+    "HostFileError",
     "HostToolMissingError",
     "HostToolTimeoutError",
     "ImageFormatError",

@@ -22,12 +22,12 @@ from typing import Any
 import psutil
 
 from vmcraft.chroot import reaper
-from vmcraft.chroot.mountinfo import mount_points
 from vmcraft.disks.loop import LOOP_CLR_FD
 from vmcraft.disks.statedir import STATE_ROOT, remove_tree_safely
 from vmcraft.errors import VMCraftError
 from vmcraft.log import get_logger
-from vmcraft.unmount import unmount
+from vmcraft.mount.mountinfo import mount_points
+from vmcraft.mount.unmount import unmount
 
 log = get_logger(__name__)
 

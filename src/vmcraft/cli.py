@@ -43,7 +43,7 @@ from vmcraft.errors import (
 )
 from vmcraft.fixers.fixboot import FixBootOptions, FixBootReport, fix_boot
 from vmcraft.fixers.layout import UnsupportedGuestError
-from vmcraft.guestfs_calls import conformance_table
+from vmcraft.guestfs.conformance import conformance_table
 from vmcraft.handle import VMCraft
 from vmcraft.version import package_version
 

@@ -8,7 +8,21 @@ written against it (hyper2kvm's fixers among them) catch exactly that.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+
+def last_line(*texts: str | None, default: str) -> str:
+    """The last non-blank line of the first text that has one.
+
+    Tools put the reason for a failure last (qemu-img, lvm, mtools,
+    cryptsetup, the guest's own), so that is what a one-line error quotes.
+    """
+    for text in texts:
+        lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return default
 
 
 class VMCraftError(RuntimeError):
@@ -73,8 +87,7 @@ class CommandError(VMCraftError):
         self.stdout = stdout
         self.stderr = stderr
         if message is None:
-            detail = (stderr.strip() or stdout.strip()).splitlines()
-            tail = detail[-1] if detail else "no output"
+            tail = last_line(stderr, stdout, default="no output")
             name = self.argv[0] if self.argv else "command"
             message = f"{name}: exited with status {returncode}: {tail}"
         super().__init__(message)
@@ -126,3 +139,23 @@ class GuestFileError(VMCraftError):
         self.call = call
         self.path = path
         self.errno = err
+
+
+class HostFileError(GuestFileError):
+    """A file call on a host path (``upload``'s source, ``download``'s target) failed."""
+
+
+@contextmanager
+def os_error(
+    call: str, path: str | os.PathLike[str], *, error: type[GuestFileError] = GuestFileError
+) -> Iterator[None]:
+    """Turn an ``OSError`` inside the block into ``error(call, path, errno)``.
+
+    The one place where the OS's errors become vmcraft's: callers written
+    against libguestfs catch ``RuntimeError``, which ``OSError`` is not, and
+    a bare ``ENOSPC`` would not say which call on which guest path failed.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise error(call, os.fspath(path), exc.errno or 0) from exc

@@ -20,17 +20,15 @@ mounts, loop devices, daemons, the state directory.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from vmcraft.chroot import reaper
-from vmcraft.chroot.devtree import dev_tree
-from vmcraft.chroot.mountinfo import MountCheck
-from vmcraft.chroot.pseudofs import PseudoFS, PseudoFSMounter, guest_root_path, resolve_targets
 from vmcraft.chroot.run import CommandResult, run_in_root
 from vmcraft.disks.attach import AttachedDisks, DriveSpec
 from vmcraft.disks.images import vet_image
@@ -39,16 +37,23 @@ from vmcraft.errors import (
     AlreadyLaunchedError,
     CommandError,
     DriveError,
-    GuestMountError,
     NotLaunchedError,
 )
 from vmcraft.guest.files import GuestFiles
-from vmcraft.guest.mounts import GuestMount, GuestMounts
-from vmcraft.guestfs_calls import GuestfsCalls
+from vmcraft.guestfs.base import DIFFERS, EXTENSION, IMPLEMENTED, Conformance
+from vmcraft.guestfs.devices import DeviceCalls
+from vmcraft.guestfs.files import FileCalls
+from vmcraft.guestfs.inspection import InspectionCalls
+from vmcraft.guestfs.mounts import MountCalls
 from vmcraft.host import require_privileges
-from vmcraft.inspect.inspector import OSInfo, inspect_all
+from vmcraft.inspect.inspector import OSInfo
 from vmcraft.log import get_logger, ms_since
+from vmcraft.mount.devtree import dev_tree
+from vmcraft.mount.guest import GuestMount, GuestMounts
+from vmcraft.mount.mountinfo import MountCheck
+from vmcraft.mount.pseudofs import PseudoFS, PseudoFSMounter, guest_root_path, resolve_targets
 from vmcraft.signals import deferred_signals
+from vmcraft.version import package_version
 
 log = get_logger(__name__)
 
@@ -56,7 +61,7 @@ DEFAULT_TIMEOUT = 3600.0
 """Seconds a guest command may run unless the caller says otherwise."""
 
 
-class VMCraft(GuestfsCalls):
+class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
     """A handle on one guest; use it as a context manager.
 
     ``mount_check`` picks how the pseudo-filesystem mounter asks whether a
@@ -65,6 +70,20 @@ class VMCraft(GuestfsCalls):
     for every command in the guest: an hour, so that no call can hold a
     script or a notebook forever (``None``: no limit).
     """
+
+    CALLS: ClassVar[Conformance] = {
+        "add_drive_opts": (IMPLEMENTED, "read-only by default, as the seed's library"),
+        "launch": (IMPLEMENTED, "loop devices / qemu-storage-daemon instead of an appliance"),
+        "close": (IMPLEMENTED, ""),
+        "sync": (IMPLEMENTED, ""),
+        "set_trace": (DIFFERS, "accepted; calls are logged as structlog events instead"),
+        "get_trace": (IMPLEMENTED, ""),
+        "version": (IMPLEMENTED, "vmcraft's own version numbers, extra='vmcraft'"),
+        "get_backend_settings": (IMPLEMENTED, "always [] (no appliance to configure)"),
+        "command": (IMPLEMENTED, ""),
+        "command_quiet": (EXTENSION, "command, failures logged at debug level"),
+        "command_with_mounts": (EXTENSION, "command with /proc, /dev, /sys provided"),
+    }
 
     def __init__(
         self,
@@ -81,6 +100,7 @@ class VMCraft(GuestfsCalls):
         self._disks: AttachedDisks | None = None
         self._mounts: GuestMounts | None = None
         self._inspected: dict[str, OSInfo] | None = None
+        self._trace = 0
 
     @classmethod
     def from_root(
@@ -221,207 +241,37 @@ class VMCraft(GuestfsCalls):
             raise NotLaunchedError("call launch() first")
         return self._disks
 
-    def list_devices(self) -> list[str]:
-        return self._attached().table.list_devices()
-
-    def list_partitions(self) -> list[str]:
-        return self._attached().table.list_partitions()
-
-    def lvs(self) -> list[str]:
-        return self._attached().table.list_lvs()
-
-    @property
-    def lvm_method(self) -> str | None:
-        """How the guest's LVs were reached: ``device-mapper``, ``loop``, or None (no LVM)."""
-        return self._attached().lvm_method
-
-    @property
-    def unreachable_lvs(self) -> dict[str, str]:
-        """LVs that could not be reached on this host, with the reason."""
-        return dict(self._attached().unreachable)
-
-    def list_filesystems(self) -> dict[str, str]:
-        """Every device that can hold a filesystem -> its type (``unknown`` if none).
-
-        Whole disks with a partition table and LVM physical volumes are left
-        out, as libguestfs does.
-        """
-        disks = self._attached()
-        found = {}
-        for name in disks.table.all_devices():
-            ids = disks.ids.get(name, {})
-            if "PTTYPE" in ids and "TYPE" not in ids:
-                continue
-            if ids.get("TYPE") == "LVM2_member":
-                continue
-            if name in disks.table.list_devices() and not ids:
-                continue
-            found[name] = ids.get("TYPE", "unknown")
-        return found
-
-    def _ids(self, device: str) -> dict[str, str]:
-        disks = self._attached()
-        disks.table.host_node(device)  # raises UnknownDeviceError
-        return disks.ids.get(disks.table.canonical(device), {})
-
-    def vfs_type(self, mountable: str) -> str:
-        return self._ids(mountable).get("TYPE", "")
-
-    def vfs_uuid(self, mountable: str) -> str:
-        return self._ids(mountable).get("UUID", "")
-
-    def vfs_label(self, mountable: str) -> str:
-        return self._ids(mountable).get("LABEL", "")
-
-    def canonical_device_name(self, device: str) -> str:
-        return self._attached().table.canonical(device)
-
-    # -- guest mounts -------------------------------------------------------
+    # -- the parts the call mixins reach ------------------------------------
 
     def _guest_mounts(self) -> GuestMounts:
         if self._mounts is None:
             raise NotLaunchedError("call launch() first")
         return self._mounts
 
-    def mount_options(self, options: str, mountable: str, mountpoint: str) -> None:
-        disks = self._attached()
-        node = disks.table.host_node(mountable)
-        self._guest_mounts().mount(
-            disks.table.canonical(mountable),
-            node,
-            mountpoint,
-            readonly=disks.readonly(mountable),
-            options=options,
-        )
-
-    def mount(self, mountable: str, mountpoint: str) -> None:
-        """Mount a guest device at a guest path (``/`` first); read-only drives mount ro."""
-        self.mount_options("", mountable, mountpoint)
-
-    def mount_ro(self, mountable: str, mountpoint: str) -> None:
-        disks = self._attached()
-        self._guest_mounts().mount(
-            disks.table.canonical(mountable),
-            disks.table.host_node(mountable),
-            mountpoint,
-            readonly=True,
-        )
-
-    def umount(self, pathordevice: str) -> None:
-        mounts = self._guest_mounts()
-        for entry in mounts.mounts:
-            if entry.device in (pathordevice, self.canonical_device_name(pathordevice)):
-                pathordevice = entry.mountpoint
-                break
-        if self._root_is("/") and pathordevice == "/" and self._held:
-            raise GuestMountError("umount: the pseudo-filesystems are held on /")
-        reaper.reap(mounts.root)
-        mounts.umount(pathordevice)
-
-    def _root_is(self, point: str) -> bool:
-        return any(m.mountpoint == point for m in self._mounts_or_empty())
-
-    def umount_all(self) -> None:
-        mounts = self._guest_mounts()
-        reaper.reap(mounts.root)
-        mounts.umount_all()
-
-    def guest_mounts(self) -> list[GuestMount]:
-        """What is mounted in the guest tree: how (kernel, or mtools for FAT) and if read-only."""
-        return self._mounts_or_empty()
-
-    def mountpoints(self) -> dict[str, str]:
-        """Guest device -> guest mount point, for what is mounted now."""
-        return {m.device: m.mountpoint for m in self._mounts_or_empty()}
-
-    def mounts(self) -> list[str]:
-        return [m.device for m in self._mounts_or_empty()]
-
-    # -- inspection ---------------------------------------------------------
-
-    def inspect_os(self) -> list[str]:
-        """The root devices of the operating systems found on the drives."""
-        disks = self._attached()
-        if self._inspected is None:
-            mounted = {m.device: m.target for m in self._mounts_or_empty()}
-            self._inspected = inspect_all(disks, disks.workdir / "inspect", mounted)
-        return sorted(self._inspected)
-
-    def _os(self, root: str) -> OSInfo:
-        self.inspect_os()
-        inspected = self._inspected or {}
-        canon = self.canonical_device_name(root)
-        if canon not in inspected:
-            raise GuestMountError(f"{root}: not an inspected root (call inspect_os first)")
-        return inspected[canon]
-
-    def inspect(self, root: str) -> OSInfo:
-        """Everything inspection found about one root, as a value."""
-        return self._os(root)
-
-    def inspect_get_type(self, root: str) -> str:
-        return self._os(root).type
-
-    def inspect_get_distro(self, root: str) -> str:
-        return self._os(root).distro
-
-    def inspect_get_product_name(self, root: str) -> str:
-        return self._os(root).product_name
-
-    def inspect_get_major_version(self, root: str) -> int:
-        return self._os(root).major_version
-
-    def inspect_get_minor_version(self, root: str) -> int:
-        return self._os(root).minor_version
-
-    def inspect_get_mountpoints(self, root: str) -> dict[str, str]:
-        """Guest mount point -> guest device, from the guest's fstab."""
-        return dict(self._os(root).mountpoints)
-
-    # -- guest files --------------------------------------------------------
-
     def _files(self) -> GuestFiles:
         return GuestFiles(self.root)
 
-    def exists(self, path: str) -> bool:
-        return self._files().exists(path)
+    def _holding_root(self) -> bool:
+        return bool(self._held) and any(m.mountpoint == "/" for m in self._mounts_or_empty())
 
-    def stat(self, path: str) -> dict[str, int]:
-        """libguestfs's ``stat``: the fields of stat(2) as a dict (follows symlinks)."""
-        st = self._files().stat(path)
-        return {
-            "dev": st.st_dev,
-            "ino": st.st_ino,
-            "mode": st.st_mode,
-            "nlink": st.st_nlink,
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "rdev": st.st_rdev,
-            "size": st.st_size,
-            "blksize": st.st_blksize,
-            "blocks": st.st_blocks,
-            "atime": int(st.st_atime),
-            "mtime": int(st.st_mtime),
-            "ctime": int(st.st_ctime),
-        }
+    # -- handle calls -----------------------------------------------------
 
-    def is_file(self, path: str, followsymlinks: bool = False) -> bool:
-        return self._files().is_file(path, followsymlinks)
+    def sync(self) -> None:
+        os.sync()
 
-    def is_dir(self, path: str, followsymlinks: bool = False) -> bool:
-        return self._files().is_dir(path, followsymlinks)
+    def set_trace(self, trace: int | bool) -> None:
+        self._trace = int(trace)
 
-    def read_file(self, path: str) -> bytes:
-        return self._files().read_file(path)
+    def get_trace(self) -> int:
+        return self._trace
 
-    def cat(self, path: str) -> str:
-        return self._files().read_file(path).decode(errors="replace")
+    def version(self) -> dict[str, int | str]:
+        numbers = [int(x) for x in re.findall(r"\d+", package_version())[:3]]
+        major, minor, release = [*numbers, 0, 0, 0][:3]
+        return {"major": major, "minor": minor, "release": release, "extra": "vmcraft"}
 
-    def write(self, path: str, content: bytes | str) -> None:
-        self._files().write(path, content)
-
-    def ls(self, directory: str) -> list[str]:
-        return self._files().ls(directory)
+    def get_backend_settings(self) -> list[str]:
+        return []
 
     # -- commands ---------------------------------------------------------
 
@@ -463,7 +313,7 @@ class VMCraft(GuestfsCalls):
         return self._checked(self.run(cmd, timeout=timeout, env=env), quiet=True)
 
     def _dev(self) -> PseudoFS | None:
-        # Guests on attached disks get their own /dev (see chroot/devtree.py).
+        # Guests on attached disks get their own /dev (see mount/devtree.py).
         return dev_tree(self._disks.block_devices()) if self._disks is not None else None
 
     def pseudofs(self, extra: Sequence[str | PseudoFS] = ()) -> PseudoFSMounter:

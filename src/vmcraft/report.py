@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmcraft.errors import last_line
+
 OUTPUT_TAIL = 4000
 """Characters of a command's output kept in a report: the tail, where errors are."""
 
@@ -66,8 +68,8 @@ class StepReport:
         if not self.attempts:
             return "not run"
         if not self.attempts[-1].ok:
-            tail = self.attempts[-1].out.strip().splitlines()[-1:] or ["failed"]
-            return f"{' '.join(self.attempts[-1].cmd)}: {tail[0]}"
+            tail = last_line(self.attempts[-1].out, default="failed")
+            return f"{' '.join(self.attempts[-1].cmd)}: {tail}"
         failed = next(c for c in self.checks if not c.ok)
         return f"{failed.name}: {failed.detail}"
 

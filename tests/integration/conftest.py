@@ -11,8 +11,8 @@ import pytest
 
 from tests.fixtures.guestroot import minbase_root
 from tests.leaks import mount_table, snapshot
-from vmcraft import syscalls
 from vmcraft.chroot import reaper
+from vmcraft.mount import syscalls
 
 __all__ = ["mount_table"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from pytest_mock import MockerFixture
 
-import vmcraft.guest.mounts
+import vmcraft.mount.guest
 from tests.conftest import CopyImage, launched
 from tests.fixtures.guestdisk import DebianDisk
 from tests.leaks import mount_table, snapshot
@@ -40,10 +40,10 @@ from vmcraft import (
     NotLaunchedError,
     UnknownDeviceError,
     VMCraft,
-    syscalls,
 )
 from vmcraft.disks import blkid
 from vmcraft.disks.statedir import STATE_ROOT
+from vmcraft.mount import syscalls
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
 
@@ -163,7 +163,7 @@ def test_unknown_devices_never_reach_the_host(
 ) -> None:
     with launched(pristine(fmt).path) as g:
         mount_calls = mocker.spy(syscalls, "mount")
-        probes = [mocker.spy(blkid, "probe"), mocker.spy(vmcraft.guest.mounts, "probe")]
+        probes = [mocker.spy(blkid, "probe"), mocker.spy(vmcraft.mount.guest, "probe")]
         before = mount_table()
         for name in UNKNOWN_DEVICES:
             for call in (g.vfs_type, g.vfs_uuid, g.vfs_label):

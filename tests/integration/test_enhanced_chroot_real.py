@@ -22,15 +22,15 @@ from vmcraft import (
     MountCheck,
     UnsafePathError,
     VMCraft,
-    syscalls,
 )
 from vmcraft.chroot import reaper
-from vmcraft.chroot.mountinfo import (
+from vmcraft.fixers.bootloader.grub import GrubFixer
+from vmcraft.mount import syscalls
+from vmcraft.mount.mountinfo import (
     MountinfoProbe,
     MountpointCommandProbe,
     read_mountinfo,
 )
-from vmcraft.fixers.bootloader.grub import GrubFixer
 
 pytestmark = pytest.mark.root
 

@@ -1,4 +1,4 @@
-"""The libguestfs-compatible calls (vmcraft.guestfs_calls) on real guest disks.
+"""The libguestfs-compatible calls (vmcraft.guestfs) on real guest disks.
 
 Each call is checked for what a script written against ``guestfs.GuestFS``
 (``python_return_dict=True``) expects: argument order, return shapes, and a

@@ -12,7 +12,7 @@ from tests.conftest import writable_copy
 from tests.fixtures.uefidisk import UefiDisk, uefi_disk
 from vmcraft import VMCraft
 from vmcraft.fixers.fixboot import BootFixer, FixBootOptions
-from vmcraft.guest.mounts import kernel_supports
+from vmcraft.mount.guest import kernel_supports
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
 

@@ -4,7 +4,7 @@
 and :class:`vmcraft.VMCraft` touch outside the process (the mount syscalls,
 the mount probe, the mount table, the reaper, privilege checks and the
 command runner) with recorders sharing one timeline, ``FakeKernel.events``.
-The guest root stays a real directory, so :mod:`vmcraft.chroot.safepath`
+The guest root stays a real directory, so :mod:`vmcraft.mount.safepath`
 really opens and creates ``proc``, ``dev`` and ``sys``, and the fake mount
 reads back which directory its ``/proc/self/fd/N`` target is.
 """
@@ -22,8 +22,8 @@ from unittest.mock import MagicMock
 
 from pytest_mock import MockerFixture
 
-from vmcraft import syscalls
 from vmcraft.chroot.run import CommandResult
+from vmcraft.mount import syscalls
 
 MountHook = Callable[[str | None, str, int], None]
 """Called with (source, target relative to the root, flags) before a mount is recorded."""
@@ -151,23 +151,21 @@ class FakeKernel:
 def install_fake_kernel(mocker: MockerFixture, root: Path) -> FakeKernel:
     fake = FakeKernel(root)
     mocker.patch.object(syscalls, "_libc", NoLibc())
-    mocker.patch("vmcraft.chroot.pseudofs.require_privileges")
+    mocker.patch("vmcraft.mount.pseudofs.require_privileges")
     mocker.patch("vmcraft.chroot.run.require_privileges")
-    fake.mount = mocker.patch("vmcraft.chroot.pseudofs.syscalls.mount", side_effect=fake.fake_mount)
+    fake.mount = mocker.patch("vmcraft.mount.pseudofs.syscalls.mount", side_effect=fake.fake_mount)
     fake.umount = mocker.patch(
-        "vmcraft.chroot.pseudofs.syscalls.umount", side_effect=fake.fake_umount
+        "vmcraft.mount.pseudofs.syscalls.umount", side_effect=fake.fake_umount
     )
-    mocker.patch(
-        "vmcraft.chroot.pseudofs.syscalls.mount_id_of_fd", side_effect=itertools.count(100)
-    )
-    mocker.patch("vmcraft.chroot.pseudofs.mount_ids", return_value=set())
+    mocker.patch("vmcraft.mount.pseudofs.syscalls.mount_id_of_fd", side_effect=itertools.count(100))
+    mocker.patch("vmcraft.mount.pseudofs.mount_ids", return_value=set())
     # As on a kernel without the new mount API: every mount goes through mount(2),
     # which the fake records.
     mocker.patch(
-        "vmcraft.chroot.pseudofs.syscalls.bind_private",
+        "vmcraft.mount.pseudofs.syscalls.bind_private",
         side_effect=OSError(errno.ENOSYS, "Function not implemented"),
     )
-    fake.reap = mocker.patch("vmcraft.chroot.pseudofs.reaper.reap", side_effect=fake.fake_reap)
-    mocker.patch("vmcraft.chroot.pseudofs.make_probe", side_effect=fake.make_probe)
+    fake.reap = mocker.patch("vmcraft.mount.pseudofs.reaper.reap", side_effect=fake.fake_reap)
+    mocker.patch("vmcraft.mount.pseudofs.make_probe", side_effect=fake.make_probe)
     fake.run_in_root = mocker.patch("vmcraft.handle.run_in_root", side_effect=fake.fake_run)
     return fake

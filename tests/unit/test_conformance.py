@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmcraft import VMCraft
-from vmcraft.guestfs_calls import CALLS, IMPLEMENTED, conformance_table
+from vmcraft.guestfs.conformance import CALLS, IMPLEMENTED, conformance_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def test_the_call_list_has_no_duplicates() -> None:
 
 @pytest.mark.parametrize("name", HYPER2KVM_CALLS)
 def test_every_call_is_listed_and_callable(name: str) -> None:
-    assert name in CALLS, f"{name} is missing from vmcraft.guestfs_calls.CALLS"
+    assert name in CALLS, f"{name} is missing from vmcraft.guestfs.conformance.CALLS"
     assert callable(getattr(VMCraft, name, None)), f"VMCraft has no callable {name}"
 
 

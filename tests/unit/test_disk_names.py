@@ -8,13 +8,13 @@ import pytest
 from pytest_mock import MockerFixture
 
 from vmcraft import ImageFormatError, ImageNotFoundError, UnknownDeviceError
-from vmcraft.chroot.devtree import udev_escape
 from vmcraft.disks.attach import AttachedDisks
 from vmcraft.disks.images import ImageInfo, vet_image
 from vmcraft.disks.names import DeviceTable, drive_index, drive_letters
 from vmcraft.inspect.fstab import FstabEntry, local_filesystems, parse_fstab
 from vmcraft.inspect.inspector import resolve_spec
 from vmcraft.inspect.osrelease import distro_name, parse_os_release, version_numbers
+from vmcraft.mount.devtree import udev_escape
 
 # -- drive letters ------------------------------------------------------------
 

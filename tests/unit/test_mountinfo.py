@@ -10,8 +10,10 @@ import pytest
 from pytest_mock import MockerFixture
 
 import vmcraft
-from vmcraft.chroot import mountinfo
-from vmcraft.chroot.mountinfo import (
+from vmcraft.errors import HostToolTimeoutError
+from vmcraft.host import status_of
+from vmcraft.mount import mountinfo
+from vmcraft.mount.mountinfo import (
     MountCheck,
     MountEntry,
     MountinfoProbe,
@@ -21,8 +23,6 @@ from vmcraft.chroot.mountinfo import (
     mount_points,
     parse_mountinfo,
 )
-from vmcraft.errors import HostToolTimeoutError
-from vmcraft.host import status_of
 
 SAMPLE = (
     "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro\n"
@@ -35,7 +35,7 @@ SAMPLE = (
 
 
 def fake_table(mocker: MockerFixture, text: str) -> MagicMock:
-    return mocker.patch("vmcraft.chroot.mountinfo._mountinfo_text", return_value=text)
+    return mocker.patch("vmcraft.mount.mountinfo._mountinfo_text", return_value=text)
 
 
 def line(mount_id: int, point: str) -> str:
@@ -219,7 +219,7 @@ def test_note_mounted_before_any_question_is_a_no_op(mocker: MockerFixture, tree
 
 
 def test_mountpoint_tool_missing(mocker: MockerFixture) -> None:
-    which = mocker.patch("vmcraft.chroot.mountinfo.shutil.which", return_value=None)
+    which = mocker.patch("vmcraft.mount.mountinfo.shutil.which", return_value=None)
 
     with pytest.raises(vmcraft.HostToolMissingError) as caught:
         MountpointCommandProbe()
@@ -232,8 +232,8 @@ def test_mountpoint_tool_missing(mocker: MockerFixture) -> None:
 
 
 def test_mountpoint_tool_found_on_system_path(mocker: MockerFixture) -> None:
-    mocker.patch("vmcraft.chroot.mountinfo.shutil.which", side_effect=[None, "/usr/bin/mountpoint"])
-    status = mocker.patch("vmcraft.chroot.mountinfo.status_of", return_value=0)
+    mocker.patch("vmcraft.mount.mountinfo.shutil.which", side_effect=[None, "/usr/bin/mountpoint"])
+    status = mocker.patch("vmcraft.mount.mountinfo.status_of", return_value=0)
 
     assert MountpointCommandProbe().is_mounted(Path("/guest/proc"))
     assert status.call_args.args[0] == ["/usr/bin/mountpoint", "-q", "--", "/guest/proc"]
@@ -241,8 +241,8 @@ def test_mountpoint_tool_found_on_system_path(mocker: MockerFixture) -> None:
 
 @pytest.mark.parametrize(("returncode", "mounted"), [(0, True), (1, False), (32, False)])
 def test_mountpoint_exit_status(mocker: MockerFixture, returncode: int, mounted: bool) -> None:
-    mocker.patch("vmcraft.chroot.mountinfo.shutil.which", return_value="/bin/mountpoint")
-    status = mocker.patch("vmcraft.chroot.mountinfo.status_of", return_value=returncode)
+    mocker.patch("vmcraft.mount.mountinfo.shutil.which", return_value="/bin/mountpoint")
+    status = mocker.patch("vmcraft.mount.mountinfo.status_of", return_value=returncode)
     probe = MountpointCommandProbe()
 
     assert probe.is_mounted(Path("/guest/dev")) is mounted
@@ -261,14 +261,14 @@ def test_status_of_is_bounded() -> None:
 
 
 def test_make_probe_mountinfo(mocker: MockerFixture) -> None:
-    which = mocker.patch("vmcraft.chroot.mountinfo.shutil.which")
+    which = mocker.patch("vmcraft.mount.mountinfo.shutil.which")
     assert isinstance(make_probe("mountinfo"), MountinfoProbe)
     assert isinstance(make_probe(MountCheck.MOUNTINFO), MountinfoProbe)
     which.assert_not_called()
 
 
 def test_make_probe_mountpoint(mocker: MockerFixture) -> None:
-    mocker.patch("vmcraft.chroot.mountinfo.shutil.which", return_value="/bin/mountpoint")
+    mocker.patch("vmcraft.mount.mountinfo.shutil.which", return_value="/bin/mountpoint")
     assert isinstance(make_probe("mountpoint"), MountpointCommandProbe)
     assert isinstance(make_probe(MountCheck.MOUNTPOINT), MountpointCommandProbe)
 

@@ -12,8 +12,8 @@ from pytest_mock import MockerFixture
 from structlog.testing import capture_logs
 
 import vmcraft
-from vmcraft import syscalls, unmount
-from vmcraft.chroot.pseudofs import (
+from vmcraft.mount import syscalls, unmount
+from vmcraft.mount.pseudofs import (
     DEFAULT_TARGETS,
     DEV,
     DEV_PTS,
@@ -43,7 +43,7 @@ def guest(tmp_path: Path) -> Path:
 @pytest.fixture
 def kernel(mocker: MockerFixture, guest: Path) -> FakeKernel:
     fake = install_fake_kernel(mocker, guest)
-    mocker.patch("vmcraft.unmount.WAIT", tenacity.wait_none())
+    mocker.patch("vmcraft.mount.unmount.WAIT", tenacity.wait_none())
     return fake
 
 
@@ -104,7 +104,7 @@ def test_mount_id_failure_does_not_leak_the_mount(
     guest: Path, kernel: FakeKernel, mocker: MockerFixture
 ) -> None:
     mocker.patch(
-        "vmcraft.chroot.pseudofs.syscalls.mount_id_of_fd",
+        "vmcraft.mount.pseudofs.syscalls.mount_id_of_fd",
         side_effect=[100, OSError("no mnt_id in /proc/self/fdinfo/7")],
     )
 
@@ -299,7 +299,7 @@ def test_mounter_can_be_used_again_after_exit(guest: Path, kernel: FakeKernel) -
 def test_stacked_mount_is_swept(guest: Path, kernel: FakeKernel, mocker: MockerFixture) -> None:
     # After the normal unmounts, the table still shows our proc (id 100):
     # something was stacked on it, so it is detached until gone.
-    mocker.patch("vmcraft.chroot.pseudofs.mount_ids", side_effect=[{100, 1}, {1}])
+    mocker.patch("vmcraft.mount.pseudofs.mount_ids", side_effect=[{100, 1}, {1}])
 
     with capture_logs() as logs, PseudoFSMounter(guest):
         pass
@@ -318,7 +318,7 @@ def test_stacked_mount_is_swept(guest: Path, kernel: FakeKernel, mocker: MockerF
 def test_unsweepable_mount_raises_unmount_error(
     guest: Path, kernel: FakeKernel, mocker: MockerFixture
 ) -> None:
-    mocker.patch("vmcraft.chroot.pseudofs.mount_ids", return_value={101})
+    mocker.patch("vmcraft.mount.pseudofs.mount_ids", return_value={101})
 
     with pytest.raises(vmcraft.UnmountError, match="still present"), PseudoFSMounter(guest):
         pass

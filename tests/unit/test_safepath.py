@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import vmcraft
-from vmcraft.chroot.safepath import guest_components, open_guest_dir
+from vmcraft.mount.safepath import guest_components, open_guest_dir
 
 
 @pytest.fixture

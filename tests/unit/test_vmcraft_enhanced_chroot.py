@@ -16,10 +16,10 @@ from pytest_mock import MockerFixture
 from structlog.testing import capture_logs
 
 import vmcraft
-from vmcraft import syscalls
-from vmcraft.chroot.pseudofs import guest_root_path
 from vmcraft.chroot.run import CommandResult
 from vmcraft.fixers.bootloader.grub import GRUB_COMMANDS, is_grub_command, run_guest_command
+from vmcraft.mount import syscalls
+from vmcraft.mount.pseudofs import guest_root_path
 
 from .fakes import FakeKernel, install_fake_kernel
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from vmcraft.chroot import reaper
-from vmcraft.errors import CommandError, CommandTimeoutError
+from vmcraft.errors import CommandError, CommandTimeoutError, last_line
 from vmcraft.host import SYSTEM_PATH, host_tool, require_privileges
 from vmcraft.log import get_logger
 
@@ -58,10 +58,10 @@ class CommandResult:
         return self.returncode == 0
 
     def __repr__(self) -> str:
-        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-1:] or [""]
+        tail = last_line(self.stderr, self.stdout, default="")
         return (
             f"<CommandResult {' '.join(self.argv)!r} exit={self.returncode} "
-            f"{self.duration_ms:.0f}ms tail={tail[0][:80]!r}>"
+            f"{self.duration_ms:.0f}ms tail={tail[:80]!r}>"
         )
 
 

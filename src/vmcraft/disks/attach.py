@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from vmcraft.chroot.devtree import BlockDevice
 from vmcraft.disks import blkid, loop, lvm, nbd, qsd
-from vmcraft.disks.names import DeviceTable
+from vmcraft.disks.names import DeviceTable, dm_name
 from vmcraft.errors import VMCraftError
 from vmcraft.log import get_logger
+from vmcraft.mount.devtree import BlockDevice
 
 log = get_logger(__name__)
 
@@ -101,8 +101,7 @@ class AttachedDisks:
                 lvm.activate(vg, pvs)
                 stack.callback(lvm.deactivate, vg, pvs)
             for lv in volumes:
-                dm_name = f"{lv.vg.replace('-', '--')}-{lv.name.replace('-', '--')}"
-                node = Path(os.path.realpath(f"/dev/mapper/{dm_name}"))
+                node = Path(os.path.realpath(f"/dev/mapper/{dm_name(lv.vg, lv.name)}"))
                 if not node.exists():
                     self.unreachable[lv.guest_name] = "not activated by device-mapper"
                     continue
@@ -166,7 +165,7 @@ class AttachedDisks:
             aliases = [name.removeprefix("/dev/")]
             if name in self.table.volumes:
                 vg, lv = name.removeprefix("/dev/").split("/", 1)
-                aliases.append(f"mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}")
+                aliases.append(f"mapper/{dm_name(vg, lv)}")
             devices.append(
                 BlockDevice(os.fspath(self.table.host_node(name)), tuple(aliases), links)
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmcraft.errors import ImageFormatError, ImageNotFoundError
+from vmcraft.errors import ImageFormatError, ImageNotFoundError, last_line
 from vmcraft.host import host_tool, run_tool
 
 # Formats qemu reads that vmcraft attaches; "raw" goes straight to a loop
@@ -50,8 +50,8 @@ def image_info(path: Path, fmt: str | None = None) -> ImageInfo:
         argv += ["-f", fmt]
     done = run_tool([*argv, "--", os.fspath(path)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1:] or ["qemu-img failed"]
-        raise ImageFormatError(f"cannot read {os.fspath(path)!r} as a disk image: {reason[0]}")
+        reason = last_line(done.stderr, default="qemu-img failed")
+        raise ImageFormatError(f"cannot read {os.fspath(path)!r} as a disk image: {reason}")
     data: dict[str, Any] = json.loads(done.stdout)
     specific = data.get("format-specific", {}).get("data", {})
     extents = tuple(str(e.get("filename", "")) for e in specific.get("extents", []))

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcraft.errors import DriveError
+from vmcraft.errors import DriveError, last_line
 from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
@@ -87,8 +87,9 @@ def _lvm(args: list[str], pvs: list[Path]) -> dict[str, object]:
         timeout=300,
     )
     if done.returncode != 0:
-        reason = [line for line in done.stderr.splitlines() if "WARNING" not in line][-1:]
-        raise DriveError(f"lvm {args[0]} failed: {reason[0] if reason else done.returncode}")
+        errors = "\n".join(ln for ln in done.stderr.splitlines() if "WARNING" not in ln)
+        reason = last_line(errors, default=f"exit status {done.returncode}")
+        raise DriveError(f"lvm {args[0]} failed: {reason}")
     report: dict[str, object] = json.loads(done.stdout)
     return report
 
@@ -182,8 +183,8 @@ def activate(vg: str, pvs: list[Path]) -> None:
         timeout=300,
     )
     if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["vgchange failed"]
-        raise DriveError(f"cannot activate the guest's volume group {vg}: {tail[0]}")
+        tail = last_line(done.stderr, default="vgchange failed")
+        raise DriveError(f"cannot activate the guest's volume group {vg}: {tail}")
     log.info("lvm.activate", vg=vg)
 
 

@@ -37,6 +37,20 @@ def drive_index(letters: str) -> int:
     return index - 1
 
 
+def dm_name(vg: str, lv: str) -> str:
+    """device-mapper's name for an LV: dashes inside the VG or LV name are doubled."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def split_dm_name(name: str) -> tuple[str, str] | None:
+    """(VG, LV) from a device-mapper name (``vg--a-lv`` -> ``vg-a``, ``lv``), or None."""
+    parts = re.split(r"(?<!-)-(?!-)", name, maxsplit=1)
+    if len(parts) != 2:
+        return None
+    vg, lv = (p.replace("--", "-") for p in parts)
+    return vg, lv
+
+
 @dataclass
 class DeviceTable:
     """Guest names to host nodes for one handle."""
@@ -73,12 +87,9 @@ class DeviceTable:
             number = str(int(match.group(2))) if match.group(2) else ""
             return f"/dev/sd{match.group(1)}{number}"
         if name.startswith("/dev/mapper/"):
-            dm = name.removeprefix("/dev/mapper/")
-            # dm names double a dash inside a VG or LV name: vg--a-lv -> vg-a / lv
-            parts = re.split(r"(?<!-)-(?!-)", dm, maxsplit=1)
-            if len(parts) == 2:
-                vg, lv = (p.replace("--", "-") for p in parts)
-                return f"/dev/{vg}/{lv}"
+            split = split_dm_name(name.removeprefix("/dev/mapper/"))
+            if split is not None:
+                return f"/dev/{split[0]}/{split[1]}"
         return name
 
     def host_node(self, name: str) -> Path:

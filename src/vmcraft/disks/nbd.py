@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcraft.errors import DriveError, ImageFormatError
+from vmcraft.errors import DriveError, ImageFormatError, last_line
 from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
@@ -63,6 +63,6 @@ def connect(image: Path, fmt: str, *, readonly: bool) -> NbdConnection:
             log.debug("nbd.connect", image=str(image), device=str(device))
             return NbdConnection(image, device)
         if "Device or resource busy" not in done.stderr:
-            reason = done.stderr.strip().splitlines()[-1:] or ["qemu-nbd failed"]
-            raise ImageFormatError(f"cannot open {os.fspath(image)!r} as {fmt}: {reason[0]}")
+            reason = last_line(done.stderr, default="qemu-nbd failed")
+            raise ImageFormatError(f"cannot open {os.fspath(image)!r} as {fmt}: {reason}")
     raise DriveError("no nbd device could be connected")

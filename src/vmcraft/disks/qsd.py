@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcraft import syscalls
-from vmcraft.chroot.mountinfo import mount_points
-from vmcraft.errors import DriveError, ImageFormatError
+from vmcraft.errors import DriveError, ImageFormatError, last_line
 from vmcraft.host import host_tool
 from vmcraft.log import get_logger
+from vmcraft.mount import syscalls
+from vmcraft.mount.mountinfo import mount_points
 
 log = get_logger(__name__)
 
@@ -109,10 +109,10 @@ def start_export(image: Path, fmt: str, export: Path, *, readonly: bool) -> Stor
     while not (pidfile.exists() and os.fspath(export) in mount_points()):
         if process.poll() is not None or time.monotonic() > deadline:
             daemon.stop()
-            reason = errors.read_text(errors="replace").strip().splitlines()[-1:] or [
-                "qemu-storage-daemon did not start"
-            ]
-            raise ImageFormatError(f"cannot open {os.fspath(image)!r} as {fmt}: {reason[0]}")
+            reason = last_line(
+                errors.read_text(errors="replace"), default="qemu-storage-daemon did not start"
+            )
+            raise ImageFormatError(f"cannot open {os.fspath(image)!r} as {fmt}: {reason}")
         time.sleep(0.005)
     log.debug("qsd.start", image=str(image), fmt=fmt, export=str(export), pid=process.pid)
     return daemon

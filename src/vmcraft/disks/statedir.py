@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vmcraft.chroot.mountinfo import mount_points
 from vmcraft.log import get_logger
+from vmcraft.mount.mountinfo import mount_points
 
 log = get_logger(__name__)
 

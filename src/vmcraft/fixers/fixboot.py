@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmcraft.disks.names import dm_name
 from vmcraft.errors import GuestFileError, VMCraftError
-from vmcraft.fixers.bootloader.grub import check_bls_entries, check_grub_cfg, run_guest_command
+from vmcraft.fixers.attempts import run_guest_command
+from vmcraft.fixers.bootloader.grub import check_bls_entries, check_grub_cfg
 from vmcraft.fixers.initramfs import LISTERS, check_fsck, check_images
 from vmcraft.fixers.layout import (
     BootLayout,
@@ -348,7 +350,7 @@ class BootFixer:
             device = m["device"]
             if device.count("/") == 3 and not device.startswith("/dev/sd"):
                 vg, lv = device.removeprefix("/dev/").split("/", 1)
-                names |= {device, f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}"}
+                names |= {device, f"/dev/mapper/{dm_name(vg, lv)}"}
         return names
 
     def _verify_grub(self, layout: BootLayout) -> list[Check]:

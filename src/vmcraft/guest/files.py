@@ -19,9 +19,9 @@ import posixpath
 import stat
 from pathlib import Path
 
-from vmcraft import syscalls
 from vmcraft.errors import GuestFileError
 from vmcraft.host import run_tool
+from vmcraft.mount import syscalls
 
 
 class GuestFiles:

@@ -15,10 +15,10 @@ from pathlib import Path
 from vmcraft.disks.attach import AttachedDisks
 from vmcraft.errors import GuestFileError, VMCraftError
 from vmcraft.guest.files import GuestFiles
-from vmcraft.guest.mounts import NO_REPLAY, GuestMounts
 from vmcraft.inspect.fstab import FstabEntry, local_filesystems, parse_fstab
 from vmcraft.inspect.osrelease import distro_name, parse_os_release, version_numbers
 from vmcraft.log import get_logger
+from vmcraft.mount.guest import NO_REPLAY, GuestMounts
 
 log = get_logger(__name__)
 

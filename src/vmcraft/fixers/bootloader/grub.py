@@ -13,72 +13,11 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
-from vmcraft.errors import CommandError
-from vmcraft.log import get_logger
+from vmcraft.fixers.attempts import GRUB_COMMANDS, GuestHandle, is_grub_command, run_guest_command
 from vmcraft.report import Attempt, Check, StepReport
 
-log = get_logger(__name__)
-
-GRUB_COMMANDS: frozenset[str] = frozenset(
-    {
-        "grub2-mkconfig",
-        "grub-mkconfig",
-        "update-grub",
-        "update-grub2",
-        "grub2-install",
-        "grub-install",
-        "grub2-probe",
-        "grub-probe",
-    }
-)
-
-
-class GuestHandle(Protocol):
-    """The least a handle must offer: libguestfs's ``command_quiet`` shape."""
-
-    def command_quiet(self, cmd: list[str]) -> str: ...
-
-
-def is_grub_command(cmd: Sequence[str]) -> bool:
-    """True for the eight bootloader commands, by base name (``/usr/sbin/grub2-mkconfig``)."""
-    return bool(cmd) and posixpath.basename(cmd[0]) in GRUB_COMMANDS
-
-
-def _failure_text(error: RuntimeError) -> str:
-    if isinstance(error, CommandError):
-        return (error.stderr.strip() or error.stdout.strip() or str(error)).strip()
-    return str(error)
-
-
-def run_guest_command(
-    g: GuestHandle,
-    cmd: Sequence[str],
-    *,
-    mounts: bool | None = None,
-    **options: object,
-) -> Attempt:
-    """Run one command the way its kind needs; never raises for its failure.
-
-    ``mounts`` forces the choice (initramfs tools need the mounts too);
-    ``options`` (``env``, ``timeout``) go to vmcraft's own handle only.
-    """
-    argv = list(cmd)
-    with_mounts = False
-    wants_mounts = is_grub_command(argv) if mounts is None else mounts
-    try:
-        if wants_mounts and hasattr(g, "command_with_mounts"):
-            with_mounts = True
-            out = g.command_with_mounts(argv, quiet=True, **options)
-        else:
-            out = g.command_quiet(argv, **options) if options else g.command_quiet(argv)
-    except RuntimeError as error:  # VMCraftError, and libguestfs's own
-        attempt = Attempt(cmd=argv, ok=False, out=_failure_text(error))
-    else:
-        attempt = Attempt(cmd=argv, ok=True, out=str(out).strip())
-    log.info("grub.attempt", cmd=argv, ok=attempt.ok, with_mounts=with_mounts)
-    return attempt
+__all__ = ["GRUB_COMMANDS", "GrubFixer", "GuestHandle", "is_grub_command", "run_guest_command"]
 
 
 class GrubFixer:

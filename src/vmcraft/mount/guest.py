@@ -15,14 +15,14 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmcraft import syscalls
-from vmcraft.chroot.safepath import open_guest_dir
 from vmcraft.disks.blkid import probe
 from vmcraft.errors import GuestMountError, UnmountError, UnsafePathError
-from vmcraft.guest.fatstage import StagedFat
 from vmcraft.log import get_logger
+from vmcraft.mount import syscalls
+from vmcraft.mount.fatstage import StagedFat
+from vmcraft.mount.safepath import open_guest_dir
+from vmcraft.mount.unmount import unmount
 from vmcraft.signals import deferred_signals
-from vmcraft.unmount import unmount
 
 log = get_logger(__name__)
 

@@ -20,8 +20,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vmcraft import syscalls
-from vmcraft.chroot.pseudofs import PseudoFS
+from vmcraft.mount import syscalls
+from vmcraft.mount.pseudofs import PseudoFS
 
 _CHAR_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _LINKS = {

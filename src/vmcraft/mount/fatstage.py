@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmcraft.errors import GuestMountError
+from vmcraft.errors import GuestMountError, last_line
 from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
@@ -53,8 +53,8 @@ def _mtools(tool: str, *args: str) -> None:
         timeout=300,
     )
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"{tool} failed"]
-        raise GuestMountError(f"{tool}: {tail[0]}")
+        tail = last_line(done.stderr, done.stdout, default=f"{tool} failed")
+        raise GuestMountError(f"{tool}: {tail}")
 
 
 @dataclass
@@ -77,8 +77,8 @@ class StagedFat:
             timeout=120,
         )
         if listing.returncode != 0 and "File not found" not in listing.stderr:
-            tail = listing.stderr.strip().splitlines()[-1:] or ["mdir failed"]
-            raise GuestMountError(f"cannot read the FAT filesystem on {self.node}: {tail[0]}")
+            tail = last_line(listing.stderr, default="mdir failed")
+            raise GuestMountError(f"cannot read the FAT filesystem on {self.node}: {tail}")
         if listing.stdout.strip():
             _mtools("mcopy", "-s", "-p", "-m", "-n", "-i", image, "::/*", os.fspath(self.tree))
         self.dirs, self.files = snapshot(self.tree)

@@ -9,7 +9,7 @@ length of a ``with`` block:
   which also makes mounters on the same root nest for free: hold one across
   a batch of commands and the inner ones mount nothing;
 * targets are opened inside the root without following symlinks and the
-  mount is made through that fd (see :mod:`vmcraft.chroot.safepath`);
+  mount is made through that fd (see :mod:`vmcraft.mount.safepath`);
 * each new mount is made private at once, so unmounting it cannot
   propagate to the host's own mounts;
 * on exit, processes still rooted in the guest are ended, then the mounts
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from vmcraft import syscalls
 from vmcraft.chroot import reaper
-from vmcraft.chroot.mountinfo import MountCheck, MountProbe, make_probe, mount_ids
-from vmcraft.chroot.safepath import guest_components, open_guest_dir
 from vmcraft.errors import GuestRootError, MountError, UnmountError, UnsafePathError
 from vmcraft.host import require_privileges
 from vmcraft.log import get_logger, ms_since
+from vmcraft.mount import syscalls
+from vmcraft.mount.mountinfo import MountCheck, MountProbe, make_probe, mount_ids
+from vmcraft.mount.safepath import guest_components, open_guest_dir
+from vmcraft.mount.unmount import umount_if_mounted, unmount
 from vmcraft.signals import deferred_signals
-from vmcraft.unmount import umount_if_mounted, unmount
 
 log = get_logger(__name__)
 

@@ -15,9 +15,9 @@ import os
 
 import tenacity
 
-from vmcraft import syscalls
 from vmcraft.errors import UnmountError
 from vmcraft.log import get_logger
+from vmcraft.mount import syscalls
 
 log = get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""Every mount vmcraft makes: syscalls, checks, guest filesystems, pseudo-filesystems."""
