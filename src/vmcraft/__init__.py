@@ -20,6 +20,7 @@ from vmcraft.errors import (
     UnknownDeviceError,
     UnmountError,
     UnsafePathError,
+    UnsupportedGuestError,
     VMCraftError,
 )
 from vmcraft.handle import VMCraft
@@ -52,6 +53,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnmountError",
     "UnsafePathError",
+    "UnsupportedGuestError",
     "VMCraft",
     "VMCraftError",
     "__version__",

@@ -32,14 +32,9 @@ import structlog
 from vmcraft import cleanup as cleanup_mod
 from vmcraft.demo.run import run_demo
 from vmcraft.errors import (
-    CommandError,
-    GuestRootError,
-    HostToolMissingError,
-    ImageFormatError,
-    ImageNotFoundError,
-    NotRootError,
-    UnknownDeviceError,
+    ExitCode,
     VMCraftError,
+    exit_code_for,
 )
 from vmcraft.fixers.fixboot import FixBootOptions, FixBootReport, fix_boot
 from vmcraft.fixers.layout import UnsupportedGuestError
@@ -47,24 +42,16 @@ from vmcraft.guestfs.conformance import conformance_table
 from vmcraft.handle import VMCraft
 from vmcraft.version import package_version
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_ROOT, EXIT_GUEST, EXIT_HOST = range(7)
-EXIT_INTERRUPTED = 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
+EXIT_INPUT, EXIT_ROOT, EXIT_GUEST, EXIT_HOST = (
+    ExitCode.INPUT,
+    ExitCode.ROOT,
+    ExitCode.GUEST,
+    ExitCode.HOST,
+)
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
-
-def exit_code_for(error: BaseException) -> int:
-    if isinstance(error, NotRootError):
-        return EXIT_ROOT
-    if isinstance(error, UnsupportedGuestError):
-        return EXIT_GUEST
-    if isinstance(
-        error, ImageNotFoundError | ImageFormatError | UnknownDeviceError | GuestRootError
-    ):
-        return EXIT_INPUT
-    if isinstance(error, HostToolMissingError):
-        return EXIT_HOST
-    if isinstance(error, CommandError):
-        return EXIT_FAILED
-    return EXIT_HOST
+__all__ = ["exit_code_for", "main"]
 
 
 # -- output ------------------------------------------------------------------
@@ -125,7 +112,7 @@ def render_report(report: FixBootReport) -> str:
         f"root {report.root}",
     ]
     for m in report.mounted:
-        lines.append(f"mounted     {m['device']} on {m['mountpoint']} ({m['fstype']})")
+        lines.append(f"mounted     {m.device} on {m.mountpoint} ({m.fstype})")
     if report.dry_run:
         lines.append("plan        (dry run: nothing was changed)")
         lines += [f"  {p.step:<12} {' '.join(p.cmd)}" for p in report.plan]
@@ -189,12 +176,17 @@ def cmd_fix_boot(args: argparse.Namespace) -> int:
         options=_options(args),
         progress=progress,
         report_path=args.report,
+        # With --json the report is the answer, errors included; otherwise
+        # the error is printed by main() like every other subcommand's.
+        raise_error=not args.json,
     )
     if args.json:
         emit(report.to_dict())
+        if report.error:
+            print(f"vmcraft fix-boot: {report.error}", file=sys.stderr)
     else:
         print(render_report(report))
-    return EXIT_OK if report.success else EXIT_FAILED
+    return report.exit_code
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ written against it (hyper2kvm's fixers among them) catch exactly that.
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,6 +108,10 @@ class CommandTimeoutError(CommandError):
         self.timeout = timeout
 
 
+class UnsupportedGuestError(VMCraftError):
+    """The guest is not one whose boot vmcraft knows how to repair."""
+
+
 class DriveError(VMCraftError):
     """An image cannot be added or attached."""
 
@@ -159,3 +164,39 @@ def os_error(
         yield
     except OSError as exc:
         raise error(call, os.fspath(path), exc.errno or 0) from exc
+
+
+class ExitCode(enum.IntEnum):
+    """The ``vmcraft`` command's exit statuses, also written into every report."""
+
+    OK = 0
+    FAILED = 1
+    """The repair (or the guest command) failed; the report says why."""
+    USAGE = 2
+    INPUT = 3
+    """Bad input: a missing, unreadable or unsupported image, an unknown device."""
+    ROOT = 4
+    GUEST = 5
+    """No Linux found, or a distribution vmcraft does not know."""
+    HOST = 6
+    """A missing tool, no loop device, a mount that failed."""
+    INTERRUPTED = 130
+
+
+# First match wins: subclasses before the classes they derive from.
+_EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], ExitCode], ...] = (
+    ((KeyboardInterrupt,), ExitCode.INTERRUPTED),
+    ((NotRootError,), ExitCode.ROOT),
+    ((UnsupportedGuestError,), ExitCode.GUEST),
+    ((ImageNotFoundError, ImageFormatError, UnknownDeviceError, GuestRootError), ExitCode.INPUT),
+    ((CommandError,), ExitCode.FAILED),
+    ((VMCraftError,), ExitCode.HOST),
+)
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit status an error maps to, for the CLI and for reports."""
+    for kinds, code in _EXIT_CODES:
+        if isinstance(error, kinds):
+            return code
+    return ExitCode.FAILED

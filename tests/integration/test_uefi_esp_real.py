@@ -62,9 +62,9 @@ def test_dry_run_plan_for_a_uefi_debian_guest_leaves_the_image_alone(image: Path
         ("update-grub",),
         ("grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"),
     ]
-    (esp,) = [m for m in report.mounted if m["mountpoint"] == "/boot/efi"]
-    assert esp["driver"] in ("kernel", "mtools")
-    assert esp["readonly"] is True
+    (esp,) = [m for m in report.mounted if m.mountpoint == "/boot/efi"]
+    assert esp.driver in ("kernel", "mtools")
+    assert esp.readonly is True
     assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
 
 

@@ -33,7 +33,13 @@ from vmcraft.errors import (
     UnknownDeviceError,
     VMCraftError,
 )
-from vmcraft.fixers.fixboot import FixBootOptions, FixBootReport, PlannedCommand
+from vmcraft.fixers.fixboot import (
+    FixBootOptions,
+    FixBootReport,
+    MountedFS,
+    PlannedCommand,
+    Step,
+)
 from vmcraft.fixers.layout import UnsupportedGuestError
 from vmcraft.report import Attempt, Check, StepReport
 from vmcraft.version import package_version
@@ -70,10 +76,10 @@ def ok_report(*, dry_run: bool = False, image: str = "/images/guest.qcow2") -> F
         product="Debian GNU/Linux 12 (bookworm)",
         boot_mode="bios",
         kernels=["6.1.0-13-amd64"],
-        mounted=[{"device": "/dev/sda1", "mountpoint": "/", "fstype": "ext4"}],
+        mounted=[MountedFS("/dev/sda1", "/", "ext4", "kernel", False)],
         plan=[
-            PlannedCommand("initramfs", ("update-initramfs", "-u", "-k", "all")),
-            PlannedCommand("bootloader", ("update-grub",)),
+            PlannedCommand(Step.INITRAMFS, ("update-initramfs", "-u", "-k", "all")),
+            PlannedCommand(Step.BOOTLOADER, ("update-grub",)),
         ],
         timings={"initramfs": 1.0, "bootloader": 0.5, "total": 2.0},
     )

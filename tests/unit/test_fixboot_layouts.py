@@ -28,6 +28,7 @@ from vmcraft.fixers.layout import (
     FAMILIES,
     UnsupportedGuestError,
     boot_mountpoints,
+    grub_target,
     is_stub,
 )
 from vmcraft.handle import VMCraft
@@ -81,7 +82,18 @@ def usr_merged(root: Path) -> None:
         link(root, name, f"usr/{name}")
 
 
+ELF_X86_64, ELF_AARCH64, ELF_S390 = 0x3E, 0xB7, 0x16
+
+
+def shell(root: Path, machine: int = ELF_X86_64) -> None:
+    """/usr/bin/sh as the first 20 bytes of an ELF file for ``machine`` (what inspection reads)."""
+    path = root / "usr/bin/sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(11) + machine.to_bytes(2, "little"))
+
+
 def os_release(root: Path, text: str, *, in_usr_lib: bool = True) -> None:
+    shell(root)
     """os-release as systemd distributions ship it: /etc/os-release a relative link."""
     if in_usr_lib:
         put(root, "usr/lib/os-release", text)
@@ -695,6 +707,8 @@ def test_report_to_dict_of_a_dry_run(tmp_path: Path) -> None:
         "notes",
         "analysis",
         "error",
+        "error_type",
+        "exit_code",
     }
     assert data["dry_run"] is True
     assert data["success"] is True
@@ -740,6 +754,45 @@ def test_ubuntu2204_uefi_reinstall_grub_never_touches_nvram(tmp_path: Path) -> N
         "grub_install",
         ("grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"),
     )
+
+
+def test_an_aarch64_uefi_guest_gets_the_arm64_grub_target(tmp_path: Path) -> None:
+    tree = ubuntu2204_uefi(tmp_path)
+    shell(tree, ELF_AARCH64)
+
+    _, report = dry_run(tree, reinstall_grub=True)
+
+    assert plan_of(report)[-1] == (
+        "grub_install",
+        ("grub-install", "--target=arm64-efi", "--efi-directory=/boot/efi", "--no-nvram"),
+    )
+
+
+def test_a_guest_without_a_grub_platform_fails_before_planning(tmp_path: Path) -> None:
+    tree = ubuntu2204_uefi(tmp_path)
+    shell(tree, ELF_S390)
+
+    with pytest.raises(UnsupportedGuestError, match="no GRUB platform for a s390x guest"):
+        dry_run(tree, reinstall_grub=True)
+
+
+@pytest.mark.parametrize(
+    ("arch", "mode", "target"),
+    [
+        ("x86_64", "bios", "i386-pc"),
+        ("x86_64", "uefi", "x86_64-efi"),
+        ("i386", "uefi", "i386-efi"),
+        ("aarch64", "uefi", "arm64-efi"),
+        ("riscv64", "uefi", "riscv64-efi"),
+    ],
+)
+def test_grub_target_by_architecture(arch: str, mode: str, target: str) -> None:
+    assert grub_target(arch, mode) == target
+
+
+def test_no_bios_grub_for_aarch64() -> None:
+    with pytest.raises(UnsupportedGuestError):
+        grub_target("aarch64", "bios")
 
 
 def test_uefi_detected_from_the_esp_tree_without_an_fstab_entry(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def test_every_module_and_folder_is_in_layout_doc() -> None:
     names = set(re.findall(r"[\w.-]+\.(?:py|sh)\b|[\w-]+/", block))
     missing = []
     for path in sorted(PACKAGE.rglob("*")):
-        if "__pycache__" in path.parts or path.name == "__init__.py" and path.parent != PACKAGE:
+        if "__pycache__" in path.parts or (path.name == "__init__.py" and path.parent != PACKAGE):
             continue
         if path.is_dir():
             if f"{path.name}/" not in names:

@@ -17,16 +17,17 @@ A dry run returns the plan, every command in order, and changes nothing
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmcraft.disks.names import dm_name
-from vmcraft.errors import GuestFileError, VMCraftError
+from vmcraft.errors import GuestFileError, VMCraftError, exit_code_for
 from vmcraft.fixers.attempts import run_guest_command
 from vmcraft.fixers.bootloader.grub import check_bls_entries, check_grub_cfg
 from vmcraft.fixers.initramfs import LISTERS, check_fsck, check_images
@@ -62,13 +63,41 @@ class FixBootOptions:
     """Per command, in seconds: dracut on a slow guest takes minutes."""
 
 
+class Step(enum.StrEnum):
+    """The steps of fix-boot, in the order they run."""
+
+    INITRAMFS = "initramfs"
+    BOOTLOADER = "bootloader"
+    GRUB_INSTALL = "grub_install"
+
+    @property
+    def phase(self) -> str:
+        """The name progress lines show (``grub-install``)."""
+        return self.value.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class PlannedCommand:
-    step: str
+    step: Step
     cmd: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "cmd": list(self.cmd)}
+        return {"step": self.step.value, "cmd": list(self.cmd)}
+
+
+@dataclass(frozen=True)
+class MountedFS:
+    """One guest filesystem fix-boot mounted, as the report shows it."""
+
+    device: str
+    mountpoint: str
+    fstype: str
+    driver: str
+    """``kernel``, or ``mtools`` for a FAT ESP on a host without vfat."""
+    readonly: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -84,23 +113,39 @@ class FixBootReport:
     product: str | None = None
     boot_mode: str | None = None
     kernels: list[str] = field(default_factory=list)
-    mounted: list[dict[str, Any]] = field(default_factory=list)
+    mounted: list[MountedFS] = field(default_factory=list)
     plan: list[PlannedCommand] = field(default_factory=list)
-    bootloader: StepReport | None = None
-    initramfs: StepReport | None = None
-    grub_install: StepReport | None = None
+    steps: dict[Step, StepReport] = field(default_factory=dict)
+    """The steps that ran, in the order they ran."""
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    """Why the run stopped before its steps were done (no OS found, a mount failed...)."""
+    error_type: str | None = None
 
     @property
-    def steps(self) -> dict[str, StepReport]:
-        named = {
-            "initramfs": self.initramfs,
-            "bootloader": self.bootloader,
-            "grub_install": self.grub_install,
-        }
-        return {name: step for name, step in named.items() if step is not None}
+    def initramfs(self) -> StepReport | None:
+        return self.steps.get(Step.INITRAMFS)
+
+    @initramfs.setter
+    def initramfs(self, step: StepReport) -> None:
+        self.steps[Step.INITRAMFS] = step
+
+    @property
+    def bootloader(self) -> StepReport | None:
+        return self.steps.get(Step.BOOTLOADER)
+
+    @bootloader.setter
+    def bootloader(self, step: StepReport) -> None:
+        self.steps[Step.BOOTLOADER] = step
+
+    @property
+    def grub_install(self) -> StepReport | None:
+        return self.steps.get(Step.GRUB_INSTALL)
+
+    @grub_install.setter
+    def grub_install(self, step: StepReport) -> None:
+        self.steps[Step.GRUB_INSTALL] = step
 
     @property
     def success(self) -> bool:
@@ -109,6 +154,21 @@ class FixBootReport:
         if self.dry_run:
             return True
         return all(step.success for step in self.steps.values())
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit status for this report (see vmcraft.errors.exit_code_for)."""
+        if self.error is not None:
+            return self._error_exit
+        return 0 if self.success else 1
+
+    _error_exit: int = field(default=0, repr=False)
+
+    def fail(self, error: BaseException) -> None:
+        """Record why the run stopped: the message, its type and the exit code it maps to."""
+        self.error = str(error) or type(error).__name__
+        self.error_type = type(error).__name__
+        self._error_exit = exit_code_for(error)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -124,21 +184,25 @@ class FixBootReport:
                 "boot_mode": self.boot_mode,
                 "kernels": list(self.kernels),
             },
-            "mounted": list(self.mounted),
+            "mounted": [m.to_dict() for m in self.mounted],
             "plan": [p.to_dict() for p in self.plan],
         }
         for name, step in self.steps.items():
-            data[name] = step.to_dict()
+            data[name.value] = step.to_dict()
         data["notes"] = list(self.notes)
         data["analysis"] = {"timings": dict(self.timings)}
         data["error"] = self.error
+        data["error_type"] = self.error_type
+        data["exit_code"] = self.exit_code
         return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def __repr__(self) -> str:
-        steps = ", ".join(f"{n}={'ok' if s.success else 'FAILED'}" for n, s in self.steps.items())
+        steps = ", ".join(
+            f"{n.value}={'ok' if s.success else 'FAILED'}" for n, s in self.steps.items()
+        )
         return (
             f"<FixBootReport {self.distro} {self.boot_mode} root={self.root} "
             f"{'dry-run ' if self.dry_run else ''}success={self.success} {steps}>"
@@ -155,11 +219,12 @@ class BootFixer:
         *,
         progress: Progress | None = None,
         image: str | None = None,
+        report: FixBootReport | None = None,
     ) -> None:
         self.g = g
         self.options = options or FixBootOptions()
         self.progress = progress or (lambda phase, state, elapsed: None)
-        self.report = FixBootReport(
+        self.report = report or FixBootReport(
             version=package_version(), image=image, dry_run=self.options.dry_run
         )
         self.layout: BootLayout | None = None
@@ -189,7 +254,7 @@ class BootFixer:
             self._read_mounted_root()
         fstab_mounts = {e.mountpoint: e.spec for e in local_filesystems(self._fstab)}
         for entry in self.report.mounted:
-            fstab_mounts.setdefault(entry["mountpoint"], entry["device"])
+            fstab_mounts.setdefault(entry.mountpoint, entry.device)
         layout = detect_layout(self.g, self.report.distro or "unknown", fstab_mounts)
         self.layout = layout
         self.report.family = layout.family
@@ -198,7 +263,7 @@ class BootFixer:
         self.report.notes.extend(layout.notes)
         self.report.plan = self.plan()
         if self.options.reinstall_grub and not any(
-            p.step == "grub_install" for p in self.report.plan
+            p.step is Step.GRUB_INSTALL for p in self.report.plan
         ):
             self.report.notes.append("grub-install skipped: /boot is not on a partition of a drive")
         return layout
@@ -224,13 +289,7 @@ class BootFixer:
                 self.g.mount(device, mountpoint)
             entry = next(m for m in self.g.guest_mounts() if m.mountpoint == mountpoint)
             self.report.mounted.append(
-                {
-                    "device": device,
-                    "mountpoint": mountpoint,
-                    "fstype": entry.fstype,
-                    "driver": entry.driver,
-                    "readonly": entry.readonly,
-                }
+                MountedFS(device, mountpoint, entry.fstype, entry.driver, entry.readonly)
             )
 
     def _read_mounted_root(self) -> None:
@@ -255,39 +314,39 @@ class BootFixer:
             raise VMCraftError("call prepare() first")
         steps = []
         if self.options.regen_initramfs:
-            steps.append(PlannedCommand("initramfs", layout.initramfs_cmd))
+            steps.append(PlannedCommand(Step.INITRAMFS, layout.initramfs_cmd))
         if self.options.update_grub:
-            steps.append(PlannedCommand("bootloader", layout.bootloader_cmd))
+            steps.append(PlannedCommand(Step.BOOTLOADER, layout.bootloader_cmd))
         if self.options.reinstall_grub:
             install = self._grub_install_cmd(layout)
             if install is not None:
-                steps.append(PlannedCommand("grub_install", install))
+                steps.append(PlannedCommand(Step.GRUB_INSTALL, install))
         return steps
 
     def _grub_install_cmd(self, layout: BootLayout) -> tuple[str, ...] | None:
         if layout.boot_mode == "uefi":
             esp = next(
                 (
-                    m["mountpoint"]
+                    m.mountpoint
                     for m in self.report.mounted
-                    if m["mountpoint"] in ("/boot/efi", "/efi")
+                    if m.mountpoint in ("/boot/efi", "/efi")
                 ),
                 "/boot/efi",
             )
             # Never the host's NVRAM: no efivarfs is mounted, and --no-nvram.
             return (
                 layout.grub_install_tool,
-                "--target=x86_64-efi",
+                f"--target={layout.grub_target}",
                 f"--efi-directory={esp}",
                 "--no-nvram",
             )
         disk = self._boot_disk()
         if disk is None:
             return None
-        return (layout.grub_install_tool, "--target=i386-pc", disk)
+        return (layout.grub_install_tool, f"--target={layout.grub_target}", disk)
 
     def _boot_disk(self) -> str | None:
-        by_point = {str(m["mountpoint"]): str(m["device"]) for m in self.report.mounted}
+        by_point = {m.mountpoint: m.device for m in self.report.mounted}
         device = by_point.get("/boot") or by_point.get("/")
         if device is None or not device.startswith("/dev/sd"):
             return None
@@ -317,7 +376,7 @@ class BootFixer:
     def _run_step(self, planned: PlannedCommand) -> None:
         assert self.layout is not None  # noqa: S101 - run() prepared it
         step = StepReport()
-        setattr(self.report, planned.step, step)
+        self.report.steps[planned.step] = step
         started = time.time()
 
         def work() -> None:
@@ -326,34 +385,30 @@ class BootFixer:
             )
             step.attempts.append(attempt)
             if attempt.ok:
-                step.checks.extend(self._verify(planned.step, started))
+                step.checks.extend(VERIFIERS[planned.step](self, self.layout_or_fail(), started))
             if not step.success:
                 raise _StepFailed(step.reason or "failed")
 
         try:
-            self._phase(planned.step.replace("_", "-"), planned.step, work)
+            self._phase(planned.step.phase, planned.step.value, work)
         except _StepFailed as failed:
             log.warning("fix_boot.step_failed", step=planned.step, reason=str(failed))
 
-    def _verify(self, step: str, started: float) -> list[Check]:
-        layout = self.layout
-        assert layout is not None  # noqa: S101
-        if step == "bootloader":
-            return self._verify_grub(layout)
-        if step == "initramfs":
-            return self._verify_initramfs(layout, started)
-        return []
+    def layout_or_fail(self) -> BootLayout:
+        if self.layout is None:
+            raise VMCraftError("call prepare() first")
+        return self.layout
 
     def _lvm_names(self) -> set[str]:
         names: set[str] = set()
         for m in self.report.mounted:
-            device = m["device"]
+            device = m.device
             if device.count("/") == 3 and not device.startswith("/dev/sd"):
                 vg, lv = device.removeprefix("/dev/").split("/", 1)
                 names |= {device, f"/dev/mapper/{dm_name(vg, lv)}"}
         return names
 
-    def _verify_grub(self, layout: BootLayout) -> list[Check]:
+    def _verify_grub(self, layout: BootLayout, _started: float) -> list[Check]:
         text = self._text(layout.grub_cfg)
         if text is None:
             return [Check(f"{layout.grub_cfg} exists", False, "not written")]
@@ -394,6 +449,23 @@ class BootFixer:
         return checks
 
 
+Verifier = Callable[[BootFixer, BootLayout, float], list[Check]]
+
+
+def _no_checks(_fixer: BootFixer, _layout: BootLayout, _started: float) -> list[Check]:
+    # grub-install's own "Installation finished" is all there is to read
+    # offline; the boot is what proves it.
+    return []
+
+
+VERIFIERS: dict[Step, Verifier] = {
+    Step.INITRAMFS: BootFixer._verify_initramfs,
+    Step.BOOTLOADER: BootFixer._verify_grub,
+    Step.GRUB_INSTALL: _no_checks,
+}
+"""What each step's output is checked with once its command exited 0."""
+
+
 class _StepFailed(Exception):
     pass
 
@@ -405,13 +477,35 @@ def fix_boot(
     options: FixBootOptions | None = None,
     progress: Progress | None = None,
     report_path: str | os.PathLike[str] | None = None,
+    raise_error: bool = True,
 ) -> FixBootReport:
-    """Repair the boot of a disk image; see :class:`BootFixer` for what it does."""
+    """Repair the boot of a disk image; see :class:`BootFixer` for what it does.
+
+    The report is written to ``report_path`` however the run ends: a run
+    that stops early (no OS found, a mount that failed, Ctrl-C) is exactly
+    when its report is needed, with the error and the exit code that fits
+    it. The error is then raised, unless ``raise_error`` is false, in which
+    case the report carries it alone (Ctrl-C is always raised).
+    """
     options = options or FixBootOptions()
-    with VMCraft(timeout=options.timeout) as g:
-        g.add_drive_opts(image, readonly=options.dry_run, format=format)
-        g.launch()
-        report = BootFixer(g, options, progress=progress, image=os.fspath(image)).run()
-    if report_path is not None:
-        Path(report_path).write_text(report.to_json() + "\n")
+    start = time.perf_counter()
+    report = FixBootReport(
+        version=package_version(), image=os.fspath(image), dry_run=options.dry_run
+    )
+    try:
+        with VMCraft(timeout=options.timeout) as g:
+            g.add_drive_opts(image, readonly=options.dry_run, format=format)
+            g.launch()
+            BootFixer(g, options, progress=progress, report=report).run()
+    except VMCraftError as exc:
+        report.fail(exc)
+        if raise_error:
+            raise
+    except BaseException as exc:
+        report.fail(exc)
+        raise
+    finally:
+        report.timings.setdefault("total", round(time.perf_counter() - start, 3))
+        if report_path is not None:
+            Path(report_path).write_text(report.to_json() + "\n")
     return report

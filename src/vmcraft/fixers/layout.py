@@ -13,7 +13,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vmcraft.errors import VMCraftError
+from vmcraft.errors import UnsupportedGuestError
+from vmcraft.inspect.inspector import elf_arch
+
+__all__ = [
+    "FAMILIES",
+    "BootLayout",
+    "UnsupportedGuestError",
+    "boot_mountpoints",
+    "detect_layout",
+    "grub_target",
+    "installed_kernels",
+    "is_stub",
+]
 
 FAMILIES = {
     "debian": "debian",
@@ -33,10 +45,6 @@ FAMILIES = {
 }
 
 _KERNEL = re.compile(r"^vmlinuz-(.+)$")
-
-
-class UnsupportedGuestError(VMCraftError):
-    """The guest is not one whose boot vmcraft knows how to repair."""
 
 
 class GuestView(Protocol):
@@ -67,10 +75,17 @@ class BootLayout:
     bootloader_cmd: tuple[str, ...]
     initramfs_cmd: tuple[str, ...]
     grub_install_tool: str
+    arch: str = "x86_64"
+    """The guest's architecture (from its /bin/sh), which picks grub-install's target."""
     efi_vendor_cfg: str | None = None
     """The ESP's grub.cfg, when there is one."""
     efi_vendor_cfg_is_stub: bool = False
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def grub_target(self) -> str:
+        """grub-install's ``--target`` for this guest's architecture and boot mode."""
+        return grub_target(self.arch, self.boot_mode)
 
     def initrd_path(self, kernel: str) -> str:
         if self.family == "debian":
@@ -177,10 +192,38 @@ def detect_layout(g: GuestView, distro: str, fstab_mounts: dict[str, str]) -> Bo
         bootloader_cmd=bootloader,
         initramfs_cmd=initramfs,
         grub_install_tool=install_tool,
+        arch=elf_arch(g),
         efi_vendor_cfg=vendor_cfg,
         efi_vendor_cfg_is_stub=stub,
         notes=tuple(notes),
     )
+
+
+# GRUB's platform names, by the guest's architecture (inspect.inspector._ELF_MACHINES).
+_GRUB_TARGETS: dict[tuple[str, str], str] = {
+    ("x86_64", "uefi"): "x86_64-efi",
+    ("x86_64", "bios"): "i386-pc",
+    ("i386", "uefi"): "i386-efi",
+    ("i386", "bios"): "i386-pc",
+    ("aarch64", "uefi"): "arm64-efi",
+    ("arm", "uefi"): "arm-efi",
+    ("riscv64", "uefi"): "riscv64-efi",
+    ("ppc64", "bios"): "powerpc-ieee1275",
+}
+
+
+def grub_target(arch: str, boot_mode: str) -> str:
+    """The ``--target`` grub-install needs; unsupported pairs fail instead of guessing.
+
+    A wrong target installs a loader the firmware cannot run: an aarch64
+    guest given ``x86_64-efi`` would not boot at all.
+    """
+    try:
+        return _GRUB_TARGETS[(arch, boot_mode)]
+    except KeyError:
+        raise UnsupportedGuestError(
+            f"grub-install: no GRUB platform for a {arch} guest booting by {boot_mode}"
+        ) from None
 
 
 def boot_mountpoints(fstab_mounts: dict[str, str]) -> list[tuple[str, str]]:

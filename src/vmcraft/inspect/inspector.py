@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from vmcraft.disks.attach import AttachedDisks
 from vmcraft.errors import GuestFileError, VMCraftError
@@ -97,7 +98,11 @@ _ELF_MACHINES = {
 }
 
 
-def elf_arch(files: GuestFiles) -> str:
+class _Reads(Protocol):
+    def read_file(self, path: str) -> bytes: ...
+
+
+def elf_arch(files: _Reads) -> str:
     """The architecture of the guest's /bin/sh, from its ELF header (as libguestfs does)."""
     for path in ("/bin/sh", "/usr/bin/sh", "/bin/ls", "/usr/bin/ls"):
         try:
