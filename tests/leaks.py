@@ -1,8 +1,15 @@
-"""What a test may not leave behind on the host, and how to see it."""
+"""What a test may not leave behind on the host, and how to see it.
+
+State directories and image daemons of *live* processes outside this test
+process's tree are another vmcraft's (a second test run, a user's job on
+the same host) and are not counted; those of dead processes are leaks
+whoever left them.
+"""
 
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 import psutil
@@ -28,18 +35,44 @@ def loop_devices() -> set[tuple[str, str]]:
     return found
 
 
+def _someone_elses(pid: int) -> bool:
+    """A live process that is neither this one nor one of its descendants."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        ancestry = [proc.pid] + [p.pid for p in proc.parents()]
+    except psutil.NoSuchProcess:
+        return False
+    return os.getpid() not in ancestry
+
+
 def image_daemons() -> set[int]:
     """Running (not zombie) qemu-storage-daemon / qemu-nbd processes."""
     found = set()
     for proc in psutil.process_iter(["name", "status"]):
         daemon = proc.info["name"] in ("qemu-storage-daemon", "qemu-storage-d", "qemu-nbd")
         if daemon and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.add(proc.pid)
+            # A daemon runs in a session of its own: its owner is its parent.
+            try:
+                owner = proc.ppid()
+            except psutil.NoSuchProcess:
+                continue
+            if owner == 1 or not _someone_elses(owner):
+                found.add(proc.pid)
     return found
 
 
 def state_dirs() -> set[str]:
-    return {p.name for p in Path(STATE_ROOT).glob("*")} if Path(STATE_ROOT).is_dir() else set()
+    if not Path(STATE_ROOT).is_dir():
+        return set()
+    found = set()
+    for path in Path(STATE_ROOT).glob("*"):
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and _someone_elses(int(pid)):
+            continue
+        found.add(path.name)
+    return found
 
 
 def snapshot() -> dict[str, object]:

@@ -36,7 +36,16 @@ from vmcraft.errors import (
     VMCraftError,
     exit_code_for,
 )
-from vmcraft.fixers.fixboot import FixBootOptions, FixBootReport, fix_boot
+from vmcraft.fixers.fixboot import (
+    FixBootOptions,
+    FixBootReport,
+    Step,
+    fix_boot,
+    undo,
+)
+from vmcraft.fixers.fixboot import (
+    check as check_image,
+)
 from vmcraft.fixers.layout import UnsupportedGuestError
 from vmcraft.guestfs.conformance import conformance_table
 from vmcraft.handle import VMCraft
@@ -125,8 +134,13 @@ def render_report(report: FixBootReport) -> str:
             mark = "+" if check.ok else "-"
             detail = f" ({check.detail})" if check.detail else ""
             lines.append(f"              {mark} {check.name}{detail}")
+        for rewrite in step.rewrites:
+            lines.append(f"              {rewrite.path}: {rewrite.before!r} -> {rewrite.after!r}")
+        if step.skipped:
+            lines.append(f"              skipped: {step.skipped}")
         if not step.success:
             lines.append(f"              reason: {step.reason}")
+    lines += [f"restored    {r.path} ({r.action})" for r in report.restored]
     lines += [f"note        {n}" for n in report.notes]
     if report.error:
         lines.append(f"error       {report.error}")
@@ -158,18 +172,26 @@ def emit(data: dict[str, Any]) -> None:
 
 
 def _options(args: argparse.Namespace) -> FixBootOptions:
-    explicit = args.update_grub or args.regen_initramfs
+    # Each step runs when it finds something to fix; these flags force one.
     return FixBootOptions(
-        update_grub=args.update_grub or not explicit,
-        regen_initramfs=args.regen_initramfs or not explicit,
+        update_grub=True if args.update_grub else None,
+        regen_initramfs=True if args.regen_initramfs else None,
         reinstall_grub=args.reinstall_grub,
         dry_run=args.dry_run,
         timeout=args.timeout,
+        skip=frozenset(Step(name) for name in args.skip),
     )
 
 
 def cmd_fix_boot(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, enabled=not args.json)
+    if args.undo:
+        report = undo(args.image, format=args.format, progress=progress, report_path=args.report)
+        if args.json:
+            emit(report.to_dict())
+        else:
+            print(render_report(report))
+        return report.exit_code
     report = fix_boot(
         args.image,
         format=args.format,
@@ -187,6 +209,30 @@ def cmd_fix_boot(args: argparse.Namespace) -> int:
     else:
         print(render_report(report))
     return report.exit_code
+
+
+def render_findings(report: FixBootReport) -> str:
+    lines = [
+        f"guest       {report.product or '?'} ({report.distro}, {report.boot_mode}), "
+        f"root {report.root}",
+    ]
+    if not report.findings:
+        lines.append("ok          nothing found that would break this guest on KVM")
+    for finding in report.findings:
+        where = f" [{finding.path}]" if finding.path else ""
+        detail = f": {finding.detail}" if finding.detail else ""
+        lines.append(f"{finding.step.value:<11} {finding.what}{where}{detail}")
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    report = check_image(args.image, format=args.format)
+    if args.json:
+        data = report.to_dict()
+        emit({key: data[key] for key in ("version", "image", "guest", "findings", "plan")})
+    else:
+        print(render_findings(report))
+    return EXIT_FAILED if report.findings else EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -334,7 +380,30 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     fix.add_argument("--json", action="store_true", help="print the report as JSON")
     fix.add_argument("--timeout", type=float, default=1800, help="seconds per command")
+    fix.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=[step.value for step in Step],
+        metavar="STEP",
+        help=f"do not run this step (repeatable): {', '.join(s.value for s in Step)}",
+    )
+    fix.add_argument(
+        "--undo",
+        action="store_true",
+        help="put back every file earlier fix-boot runs changed, from their journal",
+    )
     fix.set_defaults(func=cmd_fix_boot)
+
+    chk = sub.add_parser(
+        "check",
+        help="what would break this guest on KVM (read-only)",
+        description="List what fix-boot would repair, changing nothing; "
+        "exits 1 when something would break.",
+    )
+    image_args(chk)
+    chk.add_argument("--json", action="store_true")
+    chk.set_defaults(func=cmd_check)
 
     insp = sub.add_parser(
         "inspect",

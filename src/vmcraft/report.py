@@ -48,26 +48,59 @@ class Check:
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """One change a step made to a guest file: the file, and the text before and after."""
+
+    path: str
+    before: str
+    after: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "before": self.before, "after": self.after}
+
+
 @dataclass
 class StepReport:
-    """Every attempt of one repair step (bootloader, initramfs) in order, and its checks."""
+    """Every attempt of one repair step (bootloader, initramfs) in order, and its checks.
+
+    A step that edits files records each edit in ``rewrites``; one that
+    found nothing to do is ``skipped`` with the reason (and succeeds); one
+    whose failure rolled the run back lists what was put back in
+    ``restores`` (file paths).
+    """
 
     attempts: list[Attempt] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    restores: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    failure: str | None = None
+    """Why the step failed when no attempt or check says it (a step's own error)."""
     checks: list[Check] = field(default_factory=list)
 
     @property
     def success(self) -> bool:
         """The last attempt succeeded and everything checked afterwards holds."""
-        return bool(self.attempts) and self.attempts[-1].ok and all(c.ok for c in self.checks)
+        if self.failure is not None:
+            return False
+        if self.skipped is not None:
+            return all(c.ok for c in self.checks)
+        if not (self.attempts or self.rewrites or self.removals):
+            return False
+        last_ok = not self.attempts or self.attempts[-1].ok
+        return last_ok and all(c.ok for c in self.checks)
 
     @property
     def reason(self) -> str | None:
         """Why the step failed, or None."""
         if self.success:
             return None
-        if not self.attempts:
+        if self.failure is not None:
+            return self.failure
+        if not (self.attempts or self.rewrites or self.removals) and self.skipped is None:
             return "not run"
-        if not self.attempts[-1].ok:
+        if self.attempts and not self.attempts[-1].ok:
             tail = last_line(self.attempts[-1].out, default="failed")
             return f"{' '.join(self.attempts[-1].cmd)}: {tail}"
         failed = next(c for c in self.checks if not c.ok)
@@ -78,9 +111,17 @@ class StepReport:
             "attempts": [a.to_dict() for a in self.attempts],
             "success": self.success,
         }
-        # Without checks this is exactly the seed's shape.
+        # Without checks or edits this is exactly the seed's shape.
         if self.checks:
             out["checks"] = [c.to_dict() for c in self.checks]
-            if not self.success:
-                out["reason"] = self.reason
+        if self.rewrites:
+            out["rewrites"] = [r.to_dict() for r in self.rewrites]
+        if self.removals:
+            out["removals"] = list(self.removals)
+        if self.restores:
+            out["restores"] = list(self.restores)
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        if not self.success and (self.checks or self.failure or self.restores):
+            out["reason"] = self.reason
         return out

@@ -470,12 +470,13 @@ def options_for(mocker: MockerFixture, *flags: str) -> FixBootOptions:
 @pytest.mark.parametrize(
     ("flags", "update_grub", "regen_initramfs", "reinstall_grub"),
     [
-        pytest.param((), True, True, False, id="no-flags"),
-        pytest.param(("--update-grub",), True, False, False, id="update-grub"),
-        pytest.param(("--regen-initramfs",), False, True, False, id="regen-initramfs"),
+        # None: the step runs when it finds something to fix; True: always.
+        pytest.param((), None, None, False, id="no-flags"),
+        pytest.param(("--update-grub",), True, None, False, id="update-grub"),
+        pytest.param(("--regen-initramfs",), None, True, False, id="regen-initramfs"),
         pytest.param(("--update-grub", "--regen-initramfs"), True, True, False, id="both"),
-        pytest.param(("--reinstall-grub",), True, True, True, id="reinstall-only"),
-        pytest.param(("--update-grub", "--reinstall-grub"), True, False, True, id="grub-both"),
+        pytest.param(("--reinstall-grub",), None, None, True, id="reinstall-only"),
+        pytest.param(("--update-grub", "--reinstall-grub"), True, None, True, id="grub-both"),
     ],
 )
 def test_options_mapping(

@@ -615,10 +615,23 @@ ALL_SUPPORTED: dict[str, Builder] = {
 }
 
 
-def dry_run(tree: Path, *, reinstall_grub: bool = False) -> tuple[BootFixer, FixBootReport]:
-    """fix-boot's dry run on a from_root handle: the fixer (for its layout) and the report."""
+def dry_run(
+    tree: Path, *, reinstall_grub: bool = False, forced: bool | None = True
+) -> tuple[BootFixer, FixBootReport]:
+    """fix-boot's dry run on a from_root handle: the fixer (for its layout) and the report.
+
+    ``forced`` (the default) plans the initramfs and GRUB steps whatever they
+    find, which is what the family layouts below are about; None plans them
+    only when they find something (fix-boot's default).
+    """
     with VMCraft.from_root(tree) as g:
-        fixer = BootFixer(g, FixBootOptions(dry_run=True, reinstall_grub=reinstall_grub))
+        options = FixBootOptions(
+            dry_run=True,
+            reinstall_grub=reinstall_grub,
+            update_grub=forced,
+            regen_initramfs=forced,
+        )
+        fixer = BootFixer(g, options)
         report = fixer.run()
     return fixer, report
 
@@ -704,6 +717,8 @@ def test_report_to_dict_of_a_dry_run(tmp_path: Path) -> None:
         "guest",
         "mounted",
         "plan",
+        "findings",
+        "restored",
         "notes",
         "analysis",
         "error",

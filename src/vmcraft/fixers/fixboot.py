@@ -1,23 +1,24 @@
-"""fix-boot: make a converted guest disk boot, and prove it from what was written.
+"""fix-boot: make a converted guest disk boot on KVM, and prove it from what was written.
 
 The workflow, on a handle whose drives are attached (or on a mounted root):
 
 1. inspect the guest, mount ``/``, then ``/usr``, ``/boot`` and the ESP from
-   its fstab, resolved against the guest's own devices;
+   its fstab, resolved against the guest's own devices (read-only checks
+   first: a filesystem that needs its journal replayed is not touched);
 2. decide the family and the boot mode (``layout.py``);
-3. with the pseudo-filesystems held once for the whole batch, regenerate the
-   initramfs (first: grub-mkconfig only adds initrd lines for images that
-   exist), then the GRUB config, then optionally reinstall GRUB on BIOS
-   guests onto the guest's own disk;
-4. check what each step produced; exit status 0 is not success.
+3. run the steps of ``REPAIRS`` in order (``step.py``): each finds what
+   would break on KVM, read-only, and is skipped when it finds nothing;
+   otherwise it fixes through the run's journal and is checked by finding
+   again and by what it produced (exit status 0 is not success);
+4. when a step fails, everything the run changed is put back from the
+   journal, byte for byte, and the report says what was restored.
 
-A dry run returns the plan, every command in order, and changes nothing
-(the drives are opened read-only).
+A dry run returns the findings and the plan and changes nothing (the
+drives are opened read-only).
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import time
@@ -28,23 +29,39 @@ from typing import Any
 
 from vmcraft.disks.names import dm_name
 from vmcraft.errors import GuestFileError, VMCraftError, exit_code_for
-from vmcraft.fixers.attempts import run_guest_command
-from vmcraft.fixers.bootloader.grub import check_bls_entries, check_grub_cfg
-from vmcraft.fixers.initramfs import LISTERS, check_fsck, check_images
+from vmcraft.fixers.bootloader.grub import BootloaderRepair, GrubInstallRepair
+from vmcraft.fixers.initramfs import InitramfsRepair
+from vmcraft.fixers.journal import Journal, Restored
+from vmcraft.fixers.journal import undo as undo_journals
 from vmcraft.fixers.layout import (
     BootLayout,
     UnsupportedGuestError,
     boot_mountpoints,
     detect_layout,
 )
+from vmcraft.fixers.names import NamesRepair
+from vmcraft.fixers.step import Device, Finding, Repair, RepairContext, Step
 from vmcraft.handle import VMCraft
 from vmcraft.inspect.fstab import FstabEntry, local_filesystems, parse_fstab
 from vmcraft.inspect.osrelease import distro_name, parse_os_release
 from vmcraft.log import get_logger
-from vmcraft.report import Check, StepReport
+from vmcraft.report import StepReport
 from vmcraft.version import package_version
 
 log = get_logger(__name__)
+
+__all__ = [
+    "REPAIRS",
+    "BootFixer",
+    "FixBootOptions",
+    "FixBootReport",
+    "MountedFS",
+    "PlannedCommand",
+    "Step",
+    "check",
+    "fix_boot",
+    "undo",
+]
 
 # os-prober would scan every disk it can see; the guest's commands get this.
 GUEST_ENV = {"GRUB_DISABLE_OS_PROBER": "true", "DEBIAN_FRONTEND": "noninteractive"}
@@ -55,25 +72,22 @@ Progress = Callable[[str, str, float | None], None]
 
 @dataclass(frozen=True)
 class FixBootOptions:
-    update_grub: bool = True
-    regen_initramfs: bool = True
+    update_grub: bool | None = None
+    """None: when it is needed; True: always; False: never."""
+    regen_initramfs: bool | None = None
+    """None: when it is needed; True: always; False: never."""
     reinstall_grub: bool = False
     dry_run: bool = False
     timeout: float | None = 1800.0
     """Per command, in seconds: dracut on a slow guest takes minutes."""
+    skip: frozenset[Step] = frozenset()
+    """Steps not to run, by name."""
 
-
-class Step(enum.StrEnum):
-    """The steps of fix-boot, in the order they run."""
-
-    INITRAMFS = "initramfs"
-    BOOTLOADER = "bootloader"
-    GRUB_INSTALL = "grub_install"
-
-    @property
-    def phase(self) -> str:
-        """The name progress lines show (``grub-install``)."""
-        return self.value.replace("_", "-")
+    def forced(self, step: Step) -> bool | None:
+        """True: run the step even with nothing found; False: never; None: when needed."""
+        if step in self.skip:
+            return False
+        return {Step.INITRAMFS: self.regen_initramfs, Step.BOOTLOADER: self.update_grub}.get(step)
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,10 @@ class FixBootReport:
     plan: list[PlannedCommand] = field(default_factory=list)
     steps: dict[Step, StepReport] = field(default_factory=dict)
     """The steps that ran, in the order they ran."""
+    findings: list[Finding] = field(default_factory=list)
+    """What the steps found before changing anything (all a dry run does)."""
+    restored: list[Restored] = field(default_factory=list)
+    """Files put back after a step failed (or by --undo)."""
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -156,6 +174,17 @@ class FixBootReport:
         return all(step.success for step in self.steps.values())
 
     @property
+    def changed(self) -> bool:
+        """Did this run leave anything in the guest different from how it found it?"""
+        return (
+            any(
+                (s.attempts or s.rewrites or s.removals) and s.skipped is None
+                for s in self.steps.values()
+            )
+            and not self.restored
+        )
+
+    @property
     def exit_code(self) -> int:
         """The CLI's exit status for this report (see vmcraft.errors.exit_code_for)."""
         if self.error is not None:
@@ -186,9 +215,11 @@ class FixBootReport:
             },
             "mounted": [m.to_dict() for m in self.mounted],
             "plan": [p.to_dict() for p in self.plan],
+            "findings": [f.to_dict() for f in self.findings],
         }
         for name, step in self.steps.items():
             data[name.value] = step.to_dict()
+        data["restored"] = [r.to_dict() for r in self.restored]
         data["notes"] = list(self.notes)
         data["analysis"] = {"timings": dict(self.timings)}
         data["error"] = self.error
@@ -245,13 +276,17 @@ class BootFixer:
             self.report.timings[key] = round(time.perf_counter() - start, 3)
         self.progress(name, "done", self.report.timings[key])
 
-    def prepare(self) -> BootLayout:
-        """Find the guest, mount what the boot tools need, and read its layout."""
+    def prepare_mounts(self) -> None:
+        """Find the guest and mount what the boot tools need (/, /usr, /boot, the ESP)."""
         if self.g.has_drives:
             self._phase("inspect", "inspect", self._inspect)
             self._phase("mount", "mount", self._mount)
         else:
             self._read_mounted_root()
+
+    def prepare(self) -> BootLayout:
+        """Find the guest, mount what the boot tools need, and read its layout."""
+        self.prepare_mounts()
         fstab_mounts = {e.mountpoint: e.spec for e in local_filesystems(self._fstab)}
         for entry in self.report.mounted:
             fstab_mounts.setdefault(entry.mountpoint, entry.device)
@@ -307,21 +342,70 @@ class BootFixer:
         except GuestFileError:
             return None
 
-    def plan(self) -> list[PlannedCommand]:
-        """Every command the run would execute, in order."""
-        layout = self.layout
-        if layout is None:
+    def repairs(self) -> list[Repair]:
+        """The steps of this run, in order (see ``REPAIRS``)."""
+        if not self.options.reinstall_grub:
+            return list(REPAIRS)
+        return [*REPAIRS, GrubInstallRepair(self._grub_install_cmd(self.layout_or_fail()))]
+
+    def context(self, journal: Journal | None) -> RepairContext:
+        return RepairContext(
+            g=self.g,
+            layout=self.layout_or_fail(),
+            fstab=self._fstab,
+            devices=self._devices(),
+            journal=journal,
+            env=dict(GUEST_ENV),
+            timeout=self.options.timeout,
+            lvm_names=self._lvm_names(),
+        )
+
+    def _devices(self) -> dict[str, Device]:
+        if not self.g.has_drives:
+            return {}
+        devices = {}
+        for name in self.g.list_filesystems():
+            ids = self.g.blkid(name)
+            devices[name] = Device(
+                name,
+                uuid=ids.get("UUID"),
+                partuuid=ids.get("PART_ENTRY_UUID") or ids.get("PARTUUID"),
+                fstype=ids.get("TYPE"),
+                label=ids.get("LABEL"),
+            )
+        return devices
+
+    def _wanted(self, repair: Repair, found: list[Finding]) -> bool:
+        forced = self.options.forced(repair.step)
+        return forced if forced is not None else any(f.fixable for f in found)
+
+    def plan(self, *, consequences: bool = True) -> list[PlannedCommand]:
+        """Every guest command the run would execute, in order (findings in the report).
+
+        ``consequences=False`` lists only what is wrong with the guest now,
+        not what a step must redo because an earlier one would change its
+        inputs (``vmcraft check``).
+        """
+        ctx = self.context(None)
+        planned: list[PlannedCommand] = []
+        self.report.findings = []
+        for repair in self.repairs():
+            if self.options.forced(repair.step) is False:
+                continue
+            found = repair.find(ctx)
+            self.report.findings.extend(found)
+            if not self._wanted(repair, found):
+                continue
+            if consequences:
+                # A later step sees what an earlier one would change.
+                ctx.changed_before.add(repair.step)
+            planned += [PlannedCommand(repair.step, cmd) for cmd in repair.plan(ctx, found)]
+        return planned
+
+    def layout_or_fail(self) -> BootLayout:
+        if self.layout is None:
             raise VMCraftError("call prepare() first")
-        steps = []
-        if self.options.regen_initramfs:
-            steps.append(PlannedCommand(Step.INITRAMFS, layout.initramfs_cmd))
-        if self.options.update_grub:
-            steps.append(PlannedCommand(Step.BOOTLOADER, layout.bootloader_cmd))
-        if self.options.reinstall_grub:
-            install = self._grub_install_cmd(layout)
-            if install is not None:
-                steps.append(PlannedCommand(Step.GRUB_INSTALL, install))
-        return steps
+        return self.layout
 
     def _grub_install_cmd(self, layout: BootLayout) -> tuple[str, ...] | None:
         if layout.boot_mode == "uefi":
@@ -355,49 +439,86 @@ class BootFixer:
     # -- the run ------------------------------------------------------------
 
     def run(self) -> FixBootReport:
-        """prepare(), then every planned step with its checks; returns the report."""
+        """prepare(), then every step that finds something, checked; returns the report."""
         total = time.perf_counter()
         try:
             if self.layout is None:
                 self.prepare()
             if not self.options.dry_run:
                 batch = time.perf_counter()
+                journal = Journal(self.g)
                 with self.g.hold_mounts():
-                    for planned in self.report.plan:
-                        self._run_step(planned)
+                    self._run_steps(self.context(journal))
                 self.report.timings["regen_initramfs_and_bootloader"] = round(
                     time.perf_counter() - batch, 3
                 )
+                if not self.report.changed and not self.report.restored:
+                    self.report.notes.append("nothing to change: the guest is already repaired")
         finally:
             self.report.timings["total"] = round(time.perf_counter() - total, 3)
         log.info("fix_boot.done", success=self.report.success, timings=self.report.timings)
         return self.report
 
-    def _run_step(self, planned: PlannedCommand) -> None:
-        assert self.layout is not None  # noqa: S101 - run() prepared it
+    def _run_steps(self, ctx: RepairContext) -> None:
+        journal = ctx.journal
+        assert journal is not None  # noqa: S101 - run() made one
+        try:
+            for repair in self.repairs():
+                step = self._run_step(repair, ctx)
+                if not step.success:
+                    self._roll_back(journal, step)
+                    return
+            journal.finish()
+        except BaseException:
+            # An error or Ctrl-C in the middle of a step: put the guest back.
+            last = next(reversed(self.report.steps.values()), StepReport())
+            self._roll_back(journal, last)
+            raise
+
+    def _roll_back(self, journal: Journal, failed: StepReport) -> None:
+        restored = journal.rollback()
+        self.report.restored.extend(restored)
+        failed.restores.extend(r.path for r in restored)
+        if restored:
+            log.warning("fix_boot.rolled_back", files=[r.path for r in restored])
+
+    def _run_step(self, repair: Repair, ctx: RepairContext) -> StepReport:
         step = StepReport()
-        self.report.steps[planned.step] = step
+        self.report.steps[repair.step] = step
+        forced = self.options.forced(repair.step)
+        if forced is False:
+            step.skipped = "skipped as asked"
+            return step
+        found = repair.find(ctx)
+        for finding in found:
+            if not finding.fixable:
+                where = f" in {finding.path}" if finding.path else ""
+                self.report.notes.append(f"left as it is{where}: {finding.what} ({finding.detail})")
+        if not self._wanted(repair, found):
+            if isinstance(repair, GrubInstallRepair):
+                del self.report.steps[repair.step]
+            else:
+                step.skipped = "nothing to fix"
+            return step
         started = time.time()
 
         def work() -> None:
-            attempt = run_guest_command(
-                self.g, planned.cmd, mounts=True, env=GUEST_ENV, timeout=self.options.timeout
-            )
-            step.attempts.append(attempt)
-            if attempt.ok:
-                step.checks.extend(VERIFIERS[planned.step](self, self.layout_or_fail(), started))
+            repair.fix(ctx, found, step)
+            if not step.attempts or step.attempts[-1].ok:
+                step.checks.extend(repair.check(ctx, started))
             if not step.success:
                 raise _StepFailed(step.reason or "failed")
 
         try:
-            self._phase(planned.step.phase, planned.step.value, work)
+            self._phase(repair.step.phase, repair.step.value, work)
         except _StepFailed as failed:
-            log.warning("fix_boot.step_failed", step=planned.step, reason=str(failed))
-
-    def layout_or_fail(self) -> BootLayout:
-        if self.layout is None:
-            raise VMCraftError("call prepare() first")
-        return self.layout
+            log.warning("fix_boot.step_failed", step=repair.step.value, reason=str(failed))
+        except VMCraftError as exc:
+            step.failure = f"{repair.step.value}: {exc}"
+            log.warning("fix_boot.step_failed", step=repair.step.value, reason=str(exc))
+        if step.attempts or step.rewrites or step.removals:
+            ctx.changed_before.add(repair.step)
+        return step
 
     def _lvm_names(self) -> set[str]:
         names: set[str] = set()
@@ -408,62 +529,9 @@ class BootFixer:
                 names |= {device, f"/dev/mapper/{dm_name(vg, lv)}"}
         return names
 
-    def _verify_grub(self, layout: BootLayout, _started: float) -> list[Check]:
-        text = self._text(layout.grub_cfg)
-        if text is None:
-            return [Check(f"{layout.grub_cfg} exists", False, "not written")]
-        checks = check_grub_cfg(text, layout.kernels, lvm_names=self._lvm_names())
-        if any(ln.strip().startswith("blscfg") for ln in text.splitlines()):
-            entries = {}
-            if self.g.is_dir("/boot/loader/entries"):
-                for name in self.g.ls("/boot/loader/entries"):
-                    entries[name] = self._text(f"/boot/loader/entries/{name}") or ""
-            checks += check_bls_entries(entries, layout.kernels, lvm_names=self._lvm_names())
-        return checks
 
-    def _verify_initramfs(self, layout: BootLayout, started: float) -> list[Check]:
-        images: dict[str, tuple[int, float] | None] = {}
-        for kernel in layout.kernels:
-            path = layout.initrd_path(kernel)
-            try:
-                st = self.g.stat(path)
-                images[kernel] = (st["size"], float(st["mtime"]))
-            except GuestFileError:
-                images[kernel] = None
-        checks = check_images(images, started)
-        root_entry = next((e for e in self._fstab if e.mountpoint == "/"), None)
-        wants_fsck = root_entry is not None and root_entry.fstype.startswith(("ext", "xfs"))
-        lister = LISTERS.get(layout.family)
-        if wants_fsck and layout.family == "debian" and lister:
-            for kernel in layout.kernels:
-                if images.get(kernel) is None:
-                    continue
-                try:
-                    listing = self.g.command_with_mounts(
-                        [lister, layout.initrd_path(kernel)], quiet=True, timeout=300
-                    ).splitlines()
-                except VMCraftError as exc:
-                    checks.append(Check(f"initramfs for {kernel} can be listed", False, str(exc)))
-                    continue
-                checks.append(check_fsck(kernel, listing))
-        return checks
-
-
-Verifier = Callable[[BootFixer, BootLayout, float], list[Check]]
-
-
-def _no_checks(_fixer: BootFixer, _layout: BootLayout, _started: float) -> list[Check]:
-    # grub-install's own "Installation finished" is all there is to read
-    # offline; the boot is what proves it.
-    return []
-
-
-VERIFIERS: dict[Step, Verifier] = {
-    Step.INITRAMFS: BootFixer._verify_initramfs,
-    Step.BOOTLOADER: BootFixer._verify_grub,
-    Step.GRUB_INSTALL: _no_checks,
-}
-"""What each step's output is checked with once its command exited 0."""
+REPAIRS: tuple[Repair, ...] = (NamesRepair(), InitramfsRepair(), BootloaderRepair())
+"""fix-boot's steps in the order they run; grub-install, when asked, comes last."""
 
 
 class _StepFailed(Exception):
@@ -506,6 +574,48 @@ def fix_boot(
         raise
     finally:
         report.timings.setdefault("total", round(time.perf_counter() - start, 3))
+        if report_path is not None:
+            Path(report_path).write_text(report.to_json() + "\n")
+    return report
+
+
+def check(image: str | os.PathLike[str], *, format: str | None = None) -> FixBootReport:
+    """What would break the guest on KVM, read-only: every step's findings, nothing changed.
+
+    ``report.findings`` is empty for a guest that needs no repair.
+    """
+    report = FixBootReport(version=package_version(), image=os.fspath(image), dry_run=True)
+    with VMCraft() as g:
+        g.add_drive_opts(image, readonly=True, format=format)
+        g.launch()
+        fixer = BootFixer(g, FixBootOptions(dry_run=True), report=report)
+        fixer.prepare()
+        report.plan = fixer.plan(consequences=False)
+    return report
+
+
+def undo(
+    image: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    progress: Progress | None = None,
+    report_path: str | os.PathLike[str] | None = None,
+) -> FixBootReport:
+    """Put back every file earlier fix-boot runs changed, from their journals in the guest."""
+    report = FixBootReport(version=package_version(), image=os.fspath(image), dry_run=False)
+    try:
+        with VMCraft() as g:
+            g.add_drive_opts(image, readonly=False, format=format)
+            g.launch()
+            fixer = BootFixer(g, FixBootOptions(), progress=progress, report=report)
+            fixer.prepare_mounts()
+            report.restored = undo_journals(g)
+            if not report.restored:
+                report.notes.append("nothing to undo: no fix-boot journal in this guest")
+    except BaseException as exc:
+        report.fail(exc)
+        raise
+    finally:
         if report_path is not None:
             Path(report_path).write_text(report.to_json() + "\n")
     return report

@@ -8,7 +8,10 @@ this run, not empty, and (where the guest's tool can list it) holding fsck.
 
 from __future__ import annotations
 
-from vmcraft.report import Check
+from vmcraft.errors import GuestFileError, VMCraftError
+from vmcraft.fixers.attempts import run_guest_command
+from vmcraft.fixers.step import Finding, RepairContext, Step
+from vmcraft.report import Check, StepReport
 
 # Tools, inside the guest, that list an initramfs, by family.
 LISTERS = {"debian": "lsinitramfs", "redhat": "lsinitrd", "suse": "lsinitrd"}
@@ -43,3 +46,104 @@ def check_fsck(kernel: str, listing: list[str]) -> Check:
         for path in listing
     )
     return Check(f"initramfs for {kernel} holds fsck", has, "" if has else "fsck missing")
+
+
+class InitramfsRepair:
+    """Rebuild every kernel's initramfs with the guest's own tool.
+
+    Needed when an image is missing, or when an earlier step changed a file
+    the image carries a copy of (the driver list, fstab and crypttab names,
+    lvm.conf, resume); checked by the images, never by the exit status.
+    """
+
+    step = Step.INITRAMFS
+
+    # Steps whose files an initramfs copies.
+    COPIED_FROM = frozenset({Step.NAMES, Step.DRIVERS})
+
+    def find(self, ctx: RepairContext) -> list[Finding]:
+        found = []
+        changed = sorted(ctx.changed_before & self.COPIED_FROM)
+        if changed:
+            found.append(
+                Finding(
+                    self.step,
+                    "the initramfs holds copies of files this run changed",
+                    detail=", ".join(s.value for s in changed),
+                )
+            )
+        for kernel in ctx.layout.kernels:
+            path = ctx.layout.initrd_path(kernel)
+            if not ctx.g.is_file(path, followsymlinks=True):
+                found.append(Finding(self.step, f"no initramfs for {kernel}", path))
+                continue
+            if self._wants_fsck(ctx):
+                try:
+                    listing = list_image(ctx, kernel)
+                except VMCraftError as exc:
+                    found.append(
+                        Finding(
+                            self.step, f"initramfs for {kernel} cannot be listed", path, str(exc)
+                        )
+                    )
+                    continue
+                fsck = check_fsck(kernel, listing)
+                if not fsck.ok:
+                    found.append(Finding(self.step, fsck.name.replace("holds", "lacks"), path))
+        return found
+
+    @staticmethod
+    def _wants_fsck(ctx: RepairContext) -> bool:
+        # Only initramfs-tools images are known to drop fsck silently.
+        root_entry = next((e for e in ctx.fstab if e.mountpoint == "/"), None)
+        wants = root_entry is not None and root_entry.fstype.startswith(("ext", "xfs"))
+        return (
+            wants
+            and ctx.layout.family == "debian"
+            and ctx.g.is_file("/usr/sbin/mkinitramfs", followsymlinks=True)
+        )
+
+    def plan(self, ctx: RepairContext, findings: list[Finding]) -> list[tuple[str, ...]]:
+        return [ctx.layout.initramfs_cmd]
+
+    def fix(self, ctx: RepairContext, findings: list[Finding], report: StepReport) -> None:
+        journal = ctx.require_journal(self.step)
+        for kernel in ctx.layout.kernels:
+            journal.keep(ctx.layout.initrd_path(kernel), self.step.value)
+        report.attempts.append(
+            run_guest_command(
+                ctx.g, ctx.layout.initramfs_cmd, mounts=True, env=ctx.env, timeout=ctx.timeout
+            )
+        )
+
+    def check(self, ctx: RepairContext, started: float) -> list[Check]:
+        layout = ctx.layout
+        images: dict[str, tuple[int, float] | None] = {}
+        for kernel in layout.kernels:
+            try:
+                st = ctx.g.stat(layout.initrd_path(kernel))
+                images[kernel] = (st["size"], float(st["mtime"]))
+            except GuestFileError:
+                images[kernel] = None
+        checks = check_images(images, started)
+        if self._wants_fsck(ctx):
+            for kernel in layout.kernels:
+                if images.get(kernel) is None:
+                    continue
+                try:
+                    listing = list_image(ctx, kernel)
+                except VMCraftError as exc:
+                    checks.append(Check(f"initramfs for {kernel} can be listed", False, str(exc)))
+                    continue
+                checks.append(check_fsck(kernel, listing))
+        return checks
+
+
+def list_image(ctx: RepairContext, kernel: str) -> list[str]:
+    """The paths inside a kernel's initramfs, listed by the guest's own tool."""
+    lister = LISTERS.get(ctx.layout.family)
+    if lister is None:
+        raise VMCraftError(f"no initramfs lister known for {ctx.layout.family} guests")
+    return ctx.g.command_with_mounts(
+        [lister, ctx.layout.initrd_path(kernel)], quiet=True, timeout=300
+    ).splitlines()

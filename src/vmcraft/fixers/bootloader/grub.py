@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from vmcraft.fixers.attempts import GRUB_COMMANDS, GuestHandle, is_grub_command, run_guest_command
+from vmcraft.fixers.step import Finding, RepairContext, Step
 from vmcraft.report import Attempt, Check, StepReport
 
 __all__ = ["GRUB_COMMANDS", "GrubFixer", "GuestHandle", "is_grub_command", "run_guest_command"]
@@ -116,3 +117,92 @@ def check_bls_entries(
             if root and _HOST_ONLY.match(root):
                 checks.append(Check("root is not a host-only device", False, f"root={root}"))
     return checks
+
+
+# -- the fix-boot steps ----------------------------------------------------
+
+
+class BootloaderRepair:
+    """Regenerate grub.cfg with the guest's own tool when it would not boot on KVM."""
+
+    step = Step.BOOTLOADER
+
+    # Steps that change what grub-mkconfig reads (/etc/default/grub, the kernels).
+    READS_FROM = frozenset({Step.NAMES})
+
+    def find(self, ctx: RepairContext) -> list[Finding]:
+        changed = sorted(ctx.changed_before & self.READS_FROM)
+        found = (
+            [
+                Finding(
+                    self.step,
+                    "grub.cfg is generated from files this run changed",
+                    "/etc/default/grub",
+                    ", ".join(s.value for s in changed),
+                )
+            ]
+            if changed
+            else []
+        )
+        return found + [
+            Finding(self.step, c.name, ctx.layout.grub_cfg, c.detail)
+            for c in self.check(ctx, 0.0)
+            if not c.ok
+        ]
+
+    def plan(self, ctx: RepairContext, findings: list[Finding]) -> list[tuple[str, ...]]:
+        return [ctx.layout.bootloader_cmd]
+
+    def fix(self, ctx: RepairContext, findings: list[Finding], report: StepReport) -> None:
+        ctx.require_journal(self.step).keep(ctx.layout.grub_cfg, self.step.value)
+        report.attempts.append(
+            run_guest_command(
+                ctx.g, ctx.layout.bootloader_cmd, mounts=True, env=ctx.env, timeout=ctx.timeout
+            )
+        )
+
+    def check(self, ctx: RepairContext, started: float) -> list[Check]:
+        layout = ctx.layout
+        text = ctx.text(layout.grub_cfg)
+        if text is None:
+            return [Check(f"{layout.grub_cfg} exists", False, "not written")]
+        checks = check_grub_cfg(text, layout.kernels, lvm_names=ctx.lvm_names)
+        if any(ln.strip().startswith("blscfg") for ln in text.splitlines()):
+            entries = {}
+            if ctx.g.is_dir("/boot/loader/entries"):
+                for name in ctx.g.ls("/boot/loader/entries"):
+                    entries[name] = ctx.text(f"/boot/loader/entries/{name}") or ""
+            checks += check_bls_entries(entries, layout.kernels, lvm_names=ctx.lvm_names)
+        return checks
+
+
+class GrubInstallRepair:
+    """grub-install onto the guest's own disk (BIOS) or its ESP (UEFI), only when asked.
+
+    Offline there is nothing to read back from a boot sector; the boot of
+    the repaired guest is what proves it.
+    """
+
+    step = Step.GRUB_INSTALL
+
+    def __init__(self, command: tuple[str, ...] | None) -> None:
+        self.command = command
+
+    def find(self, ctx: RepairContext) -> list[Finding]:
+        if self.command is None:
+            return []
+        return [Finding(self.step, "GRUB reinstall requested", detail=" ".join(self.command))]
+
+    def plan(self, ctx: RepairContext, findings: list[Finding]) -> list[tuple[str, ...]]:
+        return [self.command] if self.command else []
+
+    def fix(self, ctx: RepairContext, findings: list[Finding], report: StepReport) -> None:
+        if self.command is None:
+            return
+        ctx.require_journal(self.step)
+        report.attempts.append(
+            run_guest_command(ctx.g, self.command, mounts=True, env=ctx.env, timeout=ctx.timeout)
+        )
+
+    def check(self, ctx: RepairContext, started: float) -> list[Check]:
+        return []
