@@ -8,6 +8,7 @@ written against it (hyper2kvm's fixers among them) catch exactly that.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +113,14 @@ class UnsupportedGuestError(VMCraftError):
     """The guest is not one whose boot vmcraft knows how to repair."""
 
 
+class DirtyFilesystemError(VMCraftError):
+    """A guest filesystem needs its journal replayed; mounting it writable would change it."""
+
+
+class NoSpaceError(VMCraftError):
+    """The guest has no room for what a repair would write; nothing was changed."""
+
+
 class DriveError(VMCraftError):
     """An image cannot be added or attached."""
 
@@ -146,6 +155,14 @@ class GuestFileError(VMCraftError):
         self.errno = err
 
 
+class MountOSError(GuestMountError, GuestFileError):
+    """The OS refused a mount call (``mount``, ``umount``, ``mount_local``, the staged ESP).
+
+    A :class:`GuestMountError` that carries ``call``, ``path`` and ``errno``
+    like a :class:`GuestFileError`, so :func:`os_error` can raise it.
+    """
+
+
 class HostFileError(GuestFileError):
     """A file call on a host path (``upload``'s source, ``download``'s target) failed."""
 
@@ -163,7 +180,7 @@ def os_error(
     try:
         yield
     except OSError as exc:
-        raise error(call, os.fspath(path), exc.errno or 0) from exc
+        raise error(call, os.fspath(path), exc.errno or errno.EIO) from exc
 
 
 class ExitCode(enum.IntEnum):
@@ -188,7 +205,17 @@ _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], ExitCode], ...] = (
     ((KeyboardInterrupt,), ExitCode.INTERRUPTED),
     ((NotRootError,), ExitCode.ROOT),
     ((UnsupportedGuestError,), ExitCode.GUEST),
-    ((ImageNotFoundError, ImageFormatError, UnknownDeviceError, GuestRootError), ExitCode.INPUT),
+    (
+        (
+            ImageNotFoundError,
+            ImageFormatError,
+            UnknownDeviceError,
+            GuestRootError,
+            DirtyFilesystemError,
+            NoSpaceError,
+        ),
+        ExitCode.INPUT,
+    ),
     ((CommandError,), ExitCode.FAILED),
     ((VMCraftError,), ExitCode.HOST),
 )

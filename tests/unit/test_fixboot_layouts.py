@@ -94,6 +94,8 @@ def shell(root: Path, machine: int = ELF_X86_64) -> None:
 
 def os_release(root: Path, text: str, *, in_usr_lib: bool = True) -> None:
     shell(root)
+    for mountpoint in ("dev", "proc", "sys"):  # every installed guest has them
+        (root / mountpoint).mkdir(exist_ok=True)
     """os-release as systemd distributions ship it: /etc/os-release a relative link."""
     if in_usr_lib:
         put(root, "usr/lib/os-release", text)

@@ -352,8 +352,10 @@ def test_journal_rolls_every_file_back_byte_for_byte(tmp_path: Path, handle: VMC
     }
     assert (root / "etc/default/grub").stat().st_mode & 0o777 == 0o600
 
+    kept = sorted(e.path for e in journal.entries)
     restored = journal.rollback()
-    assert sorted(r.path for r in restored) == sorted(e.path for e in journal.entries)
+    assert sorted(r.path for r in restored) == kept
+    assert journal.entries == [], "a second rollback has nothing left to do"
     assert tree_hashes(root) == before
     assert not (root / "var").exists(), "the journal's directories are gone too"
     assert (root / "etc/default/grub").stat().st_mode & 0o777 == 0o600

@@ -5,6 +5,13 @@ on a device it leaves configured, and that flag is what keeps a killed
 vmcraft from leaking loop devices. The handle holds an fd on each device
 for its lifetime; when the process dies, the fd closes and the kernel
 detaches the device as soon as nothing else (a mount) still uses it.
+
+A device is set up in one ioctl, ``LOOP_CONFIGURE`` (Linux 5.8+). Older
+kernels answer it with EINVAL or ENOTTY; there the same set-up takes two,
+``LOOP_SET_FD`` then ``LOOP_SET_STATUS64`` (as losetup does), with the same
+result checked back: read-only where asked, autoclear, partition scanning.
+Between the two the device has no autoclear yet: a failure there clears it
+again, but a SIGKILL in that instant would leave it attached.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from vmcraft.log import get_logger
 
 log = get_logger(__name__)
 
+LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_GET_STATUS64 = 0x4C05
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CTL_GET_FREE = 0x4C82
 BLKRRPART = 0x125F
@@ -36,6 +46,13 @@ LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_PARTSCAN = 8
 
 _LO_NAME_SIZE = 64
+
+use_loop_configure = True
+"""Set up devices with LOOP_CONFIGURE; False once the kernel showed it has none
+(then LOOP_SET_FD + LOOP_SET_STATUS64). Tests set it to force the fallback."""
+
+_NO_CONFIGURE = (errno.EINVAL, errno.ENOTTY)
+"""What a kernel without LOOP_CONFIGURE answers it."""
 
 
 class _LoopInfo64(ctypes.Structure):
@@ -131,7 +148,10 @@ def attach(
     flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if readonly else 0)
     if partitions:
         flags |= LO_FLAGS_PARTSCAN
-    backing_fd = os.open(backing, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+    try:
+        backing_fd = os.open(backing, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DriveError(f"cannot open {backing}: {exc.strerror}") from exc
     try:
         config = _LoopConfig()
         config.fd = backing_fd
@@ -160,6 +180,63 @@ def attach(
     return loop
 
 
+def _loop_configure(fd: int, config: _LoopConfig) -> None:
+    """LOOP_CONFIGURE: backing file, offset, size and flags in one ioctl (Linux 5.8+)."""
+    fcntl.ioctl(fd, LOOP_CONFIGURE, bytes(config))
+
+
+def _get_status(fd: int) -> _LoopInfo64:
+    return _LoopInfo64.from_buffer_copy(fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LoopInfo64())))
+
+
+def _set_fd_and_status(fd: int, config: _LoopConfig) -> None:
+    """What LOOP_CONFIGURE does, in the two ioctls older kernels have.
+
+    LOOP_SET_FD fails with EBUSY on a device someone else took meanwhile,
+    as LOOP_CONFIGURE does. Read-only comes from the fds' modes (both are
+    opened read-only for a read-only drive); autoclear and partition
+    scanning from LOOP_SET_STATUS64, which answers EAGAIN while the
+    device's page cache is still being dropped. The flags are read back:
+    a device without autoclear would outlive a killed vmcraft.
+    """
+    fcntl.ioctl(fd, LOOP_SET_FD, config.fd)
+    try:
+        info = bytes(config.info)
+        for attempt in range(50):
+            try:
+                fcntl.ioctl(fd, LOOP_SET_STATUS64, info)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN or attempt == 49:
+                    raise
+                time.sleep(0.02)
+        wanted = config.info.lo_flags & (LO_FLAGS_AUTOCLEAR | LO_FLAGS_READ_ONLY)
+        if _get_status(fd).lo_flags & wanted != wanted:
+            raise OSError(errno.EINVAL, "the kernel did not take the loop flags asked for")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, LOOP_CLR_FD)
+        raise
+
+
+def _set_up(fd: int, config: _LoopConfig) -> None:
+    """Configure the open loop device ``fd``: LOOP_CONFIGURE, or the older two ioctls."""
+    global use_loop_configure  # noqa: PLW0603 - learnt once per process
+    if not use_loop_configure:
+        _set_fd_and_status(fd, config)
+        return
+    try:
+        _loop_configure(fd, config)
+    except OSError as exc:
+        if exc.errno not in _NO_CONFIGURE:
+            raise
+        # EINVAL is also a new kernel refusing this config: the fallback then
+        # fails the same way, and only its success marks the ioctl missing.
+        _set_fd_and_status(fd, config)
+        use_loop_configure = False
+        log.info("loop.no_configure", reason=exc.strerror, using="LOOP_SET_FD+LOOP_SET_STATUS64")
+
+
 def _configure_free_device(config: _LoopConfig, readonly: bool) -> tuple[int, int]:
     """Find a free loop device and configure it; returns (number, open fd)."""
     try:
@@ -168,7 +245,10 @@ def _configure_free_device(config: _LoopConfig, readonly: bool) -> tuple[int, in
         raise DriveError(f"cannot open /dev/loop-control: {exc.strerror}") from exc
     try:
         for _ in range(32):
-            number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+            try:
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+            except OSError as exc:
+                raise DriveError(f"no free loop device: {exc.strerror}") from exc
             try:
                 fd = os.open(
                     f"/dev/loop{number}",
@@ -177,13 +257,18 @@ def _configure_free_device(config: _LoopConfig, readonly: bool) -> tuple[int, in
             except FileNotFoundError:
                 time.sleep(0.01)  # the node appears a moment after GET_FREE
                 continue
+            except OSError as exc:
+                raise DriveError(f"cannot open /dev/loop{number}: {exc.strerror}") from exc
             try:
-                fcntl.ioctl(fd, LOOP_CONFIGURE, bytes(config))
+                _set_up(fd, config)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno == errno.EBUSY:
                     continue  # another process took it first
                 raise DriveError(f"cannot configure /dev/loop{number}: {exc.strerror}") from exc
+            except BaseException:
+                os.close(fd)
+                raise
             return number, fd
     finally:
         os.close(control)

@@ -28,8 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from vmcraft.disks.names import dm_name
-from vmcraft.errors import GuestFileError, VMCraftError, exit_code_for
+from vmcraft.errors import (
+    DirtyFilesystemError,
+    GuestFileError,
+    NoSpaceError,
+    VMCraftError,
+    exit_code_for,
+)
 from vmcraft.fixers.bootloader.grub import BootloaderRepair, GrubInstallRepair
+from vmcraft.fixers.drivers import DriversRepair
 from vmcraft.fixers.initramfs import InitramfsRepair
 from vmcraft.fixers.journal import Journal, Restored
 from vmcraft.fixers.journal import undo as undo_journals
@@ -260,6 +267,7 @@ class BootFixer:
         )
         self.layout: BootLayout | None = None
         self._fstab: list[FstabEntry] = []
+        self._repairs: list[Repair] | None = None
         self._mount_plan: list[tuple[str, str]] = []
 
     # -- phases -------------------------------------------------------------
@@ -321,6 +329,12 @@ class BootFixer:
             if self.options.dry_run:
                 self.g.mount_ro(device, mountpoint)
             else:
+                if self.g.needs_journal_replay(device):
+                    raise DirtyFilesystemError(
+                        f"{device} ({mountpoint}) has a journal to replay: it was not shut "
+                        "down cleanly. vmcraft changes nothing on it; boot the VM once on "
+                        "its old platform and shut it down, or run e2fsck on a copy first"
+                    )
                 self.g.mount(device, mountpoint)
             entry = next(m for m in self.g.guest_mounts() if m.mountpoint == mountpoint)
             self.report.mounted.append(
@@ -344,9 +358,12 @@ class BootFixer:
 
     def repairs(self) -> list[Repair]:
         """The steps of this run, in order (see ``REPAIRS``)."""
-        if not self.options.reinstall_grub:
-            return list(REPAIRS)
-        return [*REPAIRS, GrubInstallRepair(self._grub_install_cmd(self.layout_or_fail()))]
+        if self._repairs is None:
+            self._repairs = default_repairs()
+            if self.options.reinstall_grub:
+                command = self._grub_install_cmd(self.layout_or_fail())
+                self._repairs.append(GrubInstallRepair(command))
+        return self._repairs
 
     def context(self, journal: Journal | None) -> RepairContext:
         return RepairContext(
@@ -445,6 +462,7 @@ class BootFixer:
             if self.layout is None:
                 self.prepare()
             if not self.options.dry_run:
+                self._preflight()
                 batch = time.perf_counter()
                 journal = Journal(self.g)
                 with self.g.hold_mounts():
@@ -458,6 +476,44 @@ class BootFixer:
             self.report.timings["total"] = round(time.perf_counter() - total, 3)
         log.info("fix_boot.done", success=self.report.success, timings=self.report.timings)
         return self.report
+
+    def _preflight(self) -> None:
+        """Read-only checks that must pass before anything changes: room for new images.
+
+        The initramfs step writes each new image beside the old one and the
+        journal keeps a copy of every old image on the root filesystem.
+        """
+        drivers = next((r for r in self.repairs() if isinstance(r, DriversRepair)), None)
+        if drivers is not None and Step.DRIVERS not in self.options.skip:
+            why = drivers.unfixable(self.context(None))
+            if why is not None:
+                raise UnsupportedGuestError(f"this guest cannot boot on KVM's virtio: {why}")
+        if not any(p.step is Step.INITRAMFS for p in self.report.plan):
+            return
+        layout = self.layout_or_fail()
+        sizes = []
+        for kernel in layout.kernels:
+            try:
+                sizes.append(self.g.stat(layout.initrd_path(kernel))["size"])
+            except GuestFileError:
+                sizes.append(64 << 20)  # a missing image: assume a large one
+        margin = 16 << 20
+        need = {"/boot": max(sizes, default=0) * 2 + margin, "/": sum(sizes) + margin}
+        where = "/boot" if self.g.is_dir("/boot") else "/"
+        free = {
+            point: self.g.statvfs(point)["bavail"] * self.g.statvfs(point)["frsize"]
+            for point in {where, "/"}
+        }
+        same_fs = self.g.statvfs(where)["fsid"] == self.g.statvfs("/")["fsid"]
+        if same_fs:
+            need = {"/": need["/boot"] + need["/"]}
+        for point, needed in need.items():
+            have = free.get(point, free["/"])
+            if have < needed:
+                raise NoSpaceError(
+                    f"{point} has {have >> 20} MiB free; the new initramfs images and the "
+                    f"copies kept for --undo need {needed >> 20} MiB. Nothing was changed"
+                )
 
     def _run_steps(self, ctx: RepairContext) -> None:
         journal = ctx.journal
@@ -530,8 +586,17 @@ class BootFixer:
         return names
 
 
-REPAIRS: tuple[Repair, ...] = (NamesRepair(), InitramfsRepair(), BootloaderRepair())
-"""fix-boot's steps in the order they run; grub-install, when asked, comes last."""
+def default_repairs() -> list[Repair]:
+    """fix-boot's steps in the order they run (fresh per run: steps cache what they read).
+
+    grub-install, when asked, comes last.
+    """
+    drivers = DriversRepair()
+    return [NamesRepair(), drivers, InitramfsRepair(drivers), BootloaderRepair()]
+
+
+REPAIRS = tuple(step.step for step in default_repairs())
+"""The names of fix-boot's steps, in order."""
 
 
 class _StepFailed(Exception):

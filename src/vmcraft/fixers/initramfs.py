@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from vmcraft.errors import GuestFileError, VMCraftError
 from vmcraft.fixers.attempts import run_guest_command
+from vmcraft.fixers.drivers import DriversRepair
 from vmcraft.fixers.step import Finding, RepairContext, Step
 from vmcraft.report import Check, StepReport
 
@@ -51,15 +52,29 @@ def check_fsck(kernel: str, listing: list[str]) -> Check:
 class InitramfsRepair:
     """Rebuild every kernel's initramfs with the guest's own tool.
 
-    Needed when an image is missing, or when an earlier step changed a file
-    the image carries a copy of (the driver list, fstab and crypttab names,
-    lvm.conf, resume); checked by the images, never by the exit status.
+    Needed when an image is missing, lacks a driver the guest needs on KVM
+    or on its old platform, lacks fsck, or holds a copy of a file an earlier
+    step changed (the driver list, fstab and crypttab names, resume); checked
+    by listing the images, never by the exit status.
+
+    The rebuild keeps the guest's own MODULES=dep / hostonly setting: the
+    drivers step has put the drivers both platforms need in the guest's
+    configuration, which both honour, so the image holds them plus what the
+    conversion host's view adds (harmless), at the size and speed the
+    guest's next kernel update will have. dracut gets --no-hostonly-cmdline
+    only through the drivers module's rebuild command (see drivers.py).
     """
 
     step = Step.INITRAMFS
 
     # Steps whose files an initramfs copies.
     COPIED_FROM = frozenset({Step.NAMES, Step.DRIVERS})
+
+    def __init__(self, drivers: DriversRepair | None = None) -> None:
+        self.drivers = drivers or DriversRepair()
+
+    def _command(self, ctx: RepairContext) -> tuple[str, ...]:
+        return self.drivers.rebuild_command(ctx, generic=False)
 
     def find(self, ctx: RepairContext) -> list[Finding]:
         found = []
@@ -77,19 +92,22 @@ class InitramfsRepair:
             if not ctx.g.is_file(path, followsymlinks=True):
                 found.append(Finding(self.step, f"no initramfs for {kernel}", path))
                 continue
+            try:
+                listing = self.drivers.list_image(ctx, kernel)
+            except VMCraftError as exc:
+                found.append(
+                    Finding(self.step, f"initramfs for {kernel} cannot be listed", path, str(exc))
+                )
+                continue
             if self._wants_fsck(ctx):
-                try:
-                    listing = list_image(ctx, kernel)
-                except VMCraftError as exc:
-                    found.append(
-                        Finding(
-                            self.step, f"initramfs for {kernel} cannot be listed", path, str(exc)
-                        )
-                    )
-                    continue
                 fsck = check_fsck(kernel, listing)
                 if not fsck.ok:
                     found.append(Finding(self.step, fsck.name.replace("holds", "lacks"), path))
+            if self.drivers.drivers(ctx).has_virtio(kernel):
+                missing = self.drivers.missing_in_image(ctx, kernel, listing)
+                if missing:
+                    what = f"initramfs for {kernel} lacks {', '.join(missing)}"
+                    found.append(Finding(self.step, what, path))
         return found
 
     @staticmethod
@@ -104,7 +122,7 @@ class InitramfsRepair:
         )
 
     def plan(self, ctx: RepairContext, findings: list[Finding]) -> list[tuple[str, ...]]:
-        return [ctx.layout.initramfs_cmd]
+        return [self._command(ctx)]
 
     def fix(self, ctx: RepairContext, findings: list[Finding], report: StepReport) -> None:
         journal = ctx.require_journal(self.step)
@@ -112,7 +130,7 @@ class InitramfsRepair:
             journal.keep(ctx.layout.initrd_path(kernel), self.step.value)
         report.attempts.append(
             run_guest_command(
-                ctx.g, ctx.layout.initramfs_cmd, mounts=True, env=ctx.env, timeout=ctx.timeout
+                ctx.g, self._command(ctx), mounts=True, env=ctx.env, timeout=ctx.timeout
             )
         )
 
@@ -131,19 +149,9 @@ class InitramfsRepair:
                 if images.get(kernel) is None:
                     continue
                 try:
-                    listing = list_image(ctx, kernel)
+                    listing = self.drivers.list_image(ctx, kernel)
                 except VMCraftError as exc:
                     checks.append(Check(f"initramfs for {kernel} can be listed", False, str(exc)))
                     continue
                 checks.append(check_fsck(kernel, listing))
-        return checks
-
-
-def list_image(ctx: RepairContext, kernel: str) -> list[str]:
-    """The paths inside a kernel's initramfs, listed by the guest's own tool."""
-    lister = LISTERS.get(ctx.layout.family)
-    if lister is None:
-        raise VMCraftError(f"no initramfs lister known for {ctx.layout.family} guests")
-    return ctx.g.command_with_mounts(
-        [lister, ctx.layout.initrd_path(kernel)], quiet=True, timeout=300
-    ).splitlines()
+        return checks + self.drivers.check_images(ctx)

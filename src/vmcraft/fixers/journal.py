@@ -190,7 +190,8 @@ class Journal:
 
     def rollback(self) -> list[Restored]:
         """Put every kept file back as it was, newest first, and drop the journal."""
-        restored = list(_restore_entries(self.g, self.directory, self.entries))
+        entries, self.entries = self.entries, []
+        restored = list(_restore_entries(self.g, self.directory, entries))
         self._drop()
         return restored
 
@@ -245,4 +246,8 @@ def undo(g: GuestFilesView) -> list[Restored]:
         entries = [Entry(**e) for e in manifest["entries"]]
         restored.extend(_restore_entries(g, directory, entries))
         Journal(g, run_id)._drop()
+    # The directories vmcraft made for its journals, when nothing else is in them.
+    for directory in (JOURNAL_DIR, posixpath.dirname(JOURNAL_DIR)):
+        if g.is_dir(directory) and not g.ls(directory):
+            g.rmdir(directory)
     return restored

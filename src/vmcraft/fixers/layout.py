@@ -192,11 +192,30 @@ def detect_layout(g: GuestView, distro: str, fstab_mounts: dict[str, str]) -> Bo
         bootloader_cmd=bootloader,
         initramfs_cmd=initramfs,
         grub_install_tool=install_tool,
-        arch=elf_arch(g),
+        arch=guest_arch(g, kernels),
         efi_vendor_cfg=vendor_cfg,
         efi_vendor_cfg_is_stub=stub,
         notes=tuple(notes),
     )
+
+
+# Kernel version suffixes distributions use, for a guest whose binaries cannot be read.
+_KERNEL_ARCH = (
+    (re.compile(r"(amd64|x86_64)"), "x86_64"),
+    (re.compile(r"(arm64|aarch64)"), "aarch64"),
+    (re.compile(r"(686|i386|i586)"), "i386"),
+    (re.compile(r"riscv64"), "riscv64"),
+    (re.compile(r"ppc64"), "ppc64"),
+)
+
+
+def guest_arch(g: GuestView, kernels: tuple[str, ...]) -> str:
+    """The guest's architecture: from its /bin/sh (as libguestfs), else its kernels' names."""
+    arch = elf_arch(g)
+    if arch != "unknown":
+        return arch
+    found = {a for k in kernels for rx, a in _KERNEL_ARCH if rx.search(k)}
+    return found.pop() if len(found) == 1 else "unknown"
 
 
 # GRUB's platform names, by the guest's architecture (inspect.inspector._ELF_MACHINES).

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from vmcraft.disks import lvm
+from vmcraft.disks import fsstate, lvm
 from vmcraft.errors import VMCraftError, last_line
-from vmcraft.guestfs.base import DIFFERS, IMPLEMENTED, Conformance, HandleState
+from vmcraft.guestfs.base import DIFFERS, EXTENSION, IMPLEMENTED, Conformance, HandleState
 from vmcraft.host import host_tool, run_tool
 
 
@@ -44,7 +44,12 @@ class DeviceCalls(HandleState):
             "has none (as libguestfs raises when it cannot open the device)",
         ),
         "e2fsck": (IMPLEMENTED, "runs the host's e2fsck on the unmounted device"),
+        "needs_journal_replay": (EXTENSION, "would a writable mount replay a journal first?"),
     }
+
+    def needs_journal_replay(self, device: str) -> bool:
+        """True when the ext3/ext4 filesystem on ``device`` has a journal to replay."""
+        return fsstate.needs_journal_replay(self._attached().table.host_node(device))
 
     def list_devices(self) -> list[str]:
         return self._attached().table.list_devices()

@@ -44,6 +44,7 @@ class FileCalls(HandleState):
         "rename": (IMPLEMENTED, ""),
         "rm": (IMPLEMENTED, ""),
         "rm_f": (IMPLEMENTED, ""),
+        "rmdir": (IMPLEMENTED, ""),
         "upload": (IMPLEMENTED, ""),
         "download": (IMPLEMENTED, ""),
     }
@@ -80,7 +81,7 @@ class FileCalls(HandleState):
         return self._files().read_file(path)
 
     def cat(self, path: str) -> str:
-        return self._files().read_file(path).decode(errors="replace")
+        return self._files().read_file(path, call="cat").decode(errors="replace")
 
     def write(self, path: str, content: bytes | str) -> None:
         self._files().write(path, content)
@@ -140,7 +141,7 @@ class FileCalls(HandleState):
     def copy_file_to_file(self, src: str, dest: str, **options: object) -> None:
         if options.get("srcoffset") or options.get("destoffset") or options.get("size"):
             raise VMCraftError("copy_file_to_file: offsets and sizes are not supported")
-        self._files().cp(src, dest)
+        self._files().cp(src, dest, call="copy_file_to_file")
 
     def rename(self, oldpath: str, newpath: str) -> None:
         self._files().rename(oldpath, newpath)
@@ -149,23 +150,30 @@ class FileCalls(HandleState):
         self._files().rm(path)
 
     def rm_f(self, path: str) -> None:
-        self._files().rm(path, force=True)
+        self._files().rm(path, force=True, call="rm_f")
+
+    def rmdir(self, path: str) -> None:
+        self._files().rmdir(path)
 
     def filesize(self, path: str) -> int:
-        return self._files().stat(path).st_size
+        return self._files().stat(path, call="filesize").st_size
 
     def upload(self, filename: str, remotefilename: str) -> None:
+        """Copy a host file into the guest: a HostFileError for the host side, a
+        GuestFileError for the guest's (ENOSPC, EROFS...), both naming ``upload``."""
         with os_error("upload", filename, error=HostFileError):
             content = Path(filename).read_bytes()
-        self._files().write(remotefilename, content)
+        self._files().write(remotefilename, content, call="upload")
 
     def download(self, remotefilename: str, filename: str) -> None:
-        content = self._files().read_file(remotefilename)
+        """Copy a guest file to the host: errors as in :meth:`upload`. A host disk
+        that fills up leaves what fitted, as libguestfs does."""
+        content = self._files().read_file(remotefilename, call="download")
         with os_error("download", filename, error=HostFileError):
             Path(filename).write_bytes(content)
 
     def statns(self, path: str) -> dict[str, int]:
-        st = self._files().stat(path)
+        st = self._files().stat(path, call="statns")
         out = {
             f"st_{k}": getattr(st, f"st_{k}")
             for k in (

@@ -13,6 +13,7 @@ from vmcraft.errors import GuestMountError
 from vmcraft.guestfs.base import DIFFERS, IMPLEMENTED, Conformance, HandleState
 from vmcraft.mount.guest import GuestMount
 from vmcraft.mount.local import LocalMount
+from vmcraft.signals import deferred_signals
 
 
 class MountCalls(HandleState):
@@ -94,7 +95,10 @@ class MountCalls(HandleState):
     def mount_local(self, localmountpoint: str, readonly: bool = False, **_: object) -> None:
         if self._local is not None:
             raise GuestMountError("mount_local: already mounted")
-        self._local = LocalMount(self.root, localmountpoint, readonly=readonly)
+        # Held signals: a Ctrl-C between the bind and this assignment would
+        # leave a bind nobody knows to take down.
+        with deferred_signals():
+            self._local = LocalMount(self.root, localmountpoint, readonly=readonly)
 
     def mount_local_run(self) -> None:
         if self._local is None:

@@ -9,14 +9,19 @@ taken down in reverse order.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmcraft.disks.blkid import probe
-from vmcraft.errors import GuestMountError, UnmountError, UnsafePathError
+from vmcraft.errors import (
+    GuestMountError,
+    MountOSError,
+    UnsafePathError,
+    VMCraftError,
+    os_error,
+)
 from vmcraft.log import get_logger
 from vmcraft.mount import syscalls
 from vmcraft.mount.fatstage import StagedFat
@@ -87,7 +92,23 @@ class GuestMounts:
         options: str = "",
         fstype: str | None = None,
     ) -> GuestMount:
+        """Mount ``node`` at the guest path; an OSError on the way is a MountOSError."""
         point = normalize(mountpoint)
+        with os_error("mount", point, error=MountOSError):
+            return self._mount(
+                device, node, point, readonly=readonly, options=options, fstype=fstype
+            )
+
+    def _mount(
+        self,
+        device: str,
+        node: Path,
+        point: str,
+        *,
+        readonly: bool,
+        options: str,
+        fstype: str | None,
+    ) -> GuestMount:
         if any(m.mountpoint == point for m in self._stack):
             raise GuestMountError(f"{point} is already mounted")
         if point != "/" and not any(m.mountpoint == "/" for m in self._stack):
@@ -131,7 +152,11 @@ class GuestMounts:
     def _mount_staged_fat(
         self, device: str, node: Path, point: str, fd: int, target: Path, *, readonly: bool
     ) -> GuestMount:
-        """A FAT filesystem (the ESP) where the kernel has no FAT driver: see fatstage.py."""
+        """A FAT filesystem (the ESP) where the kernel has no FAT driver: see fatstage.py.
+
+        Once loaded, a writable tmpfs is shrunk to what the FAT can take, so a
+        write that would not fit fails then (ENOSPC), not at write-back.
+        """
         with deferred_signals():
             syscalls.mount(
                 "tmpfs",
@@ -147,19 +172,16 @@ class GuestMounts:
             self._stack.append(entry)
         try:
             staged.load()
+            # A remount sets the mount's flags anew: nosuid and nodev again.
+            flags = syscalls.MS_REMOUNT | syscalls.MS_NOSUID | syscalls.MS_NODEV
             if readonly:
-                syscalls.mount(
-                    None,
-                    os.fspath(target),
-                    None,
-                    syscalls.MS_REMOUNT
-                    | syscalls.MS_RDONLY
-                    | syscalls.MS_NOSUID
-                    | syscalls.MS_NODEV,
-                )
+                syscalls.mount(None, os.fspath(target), None, flags | syscalls.MS_RDONLY)
+            else:
+                syscalls.mount(None, os.fspath(target), None, flags, f"size={staged.capacity()}")
         except BaseException:
-            self._stack.remove(entry)
-            unmount(target)
+            with deferred_signals():
+                self._stack.remove(entry)
+                unmount(target)
             raise
         log.info("guest.mount", device=device, mountpoint=point, fstype="vfat", driver="mtools")
         return entry
@@ -197,7 +219,6 @@ class GuestMounts:
             raise GuestMountError(f"{point} has mounts below it: {', '.join(below)}")
         with deferred_signals():
             self._unmount(entry)
-            self._stack.remove(entry)
 
     def umount_all(self) -> None:
         """Unmount everything in reverse order; keeps going past a failure."""
@@ -207,27 +228,31 @@ class GuestMounts:
                 entry = self._stack[-1]
                 try:
                     self._unmount(entry)
-                except (OSError, UnmountError, GuestMountError) as exc:
+                except (OSError, VMCraftError) as exc:
                     errors.append(f"{entry.mountpoint}: {exc}")
-                self._stack.pop()
+                if self._stack and self._stack[-1] is entry:
+                    self._stack.pop()
         if errors:
             raise GuestMountError("; ".join(errors))
 
-    @staticmethod
-    def _unmount(entry: GuestMount) -> None:
+    def _unmount(self, entry: GuestMount) -> None:
+        """Take ``entry`` down and off the stack; a failed write-back is raised after.
+
+        It leaves the stack as soon as it is unmounted, write-back or not: a
+        staged ESP still on the stack would be written back again later from
+        the empty directory below it, and every file on the FAT deleted.
+        """
         os.sync()  # ask the kernel to write back before the device goes
-        failure: GuestMountError | None = None
+        failure: VMCraftError | None = None
         if entry.staged is not None and not entry.readonly:
             try:
-                entry.staged.write_back()
-            except GuestMountError as exc:
+                with os_error("umount", entry.mountpoint, error=MountOSError):
+                    entry.staged.write_back()
+            except VMCraftError as exc:
                 failure = exc
-        try:
-            lazy = unmount(entry.target)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                return
-            raise
+        with os_error("umount", entry.mountpoint, error=MountOSError):
+            lazy = unmount(entry.target)  # "not mounted" (EINVAL) is no error there
+        self._stack.remove(entry)
         log.debug("guest.umount", mountpoint=entry.mountpoint, lazy=lazy)
         if failure is not None:
             raise GuestMountError(f"{entry.mountpoint}: changes not written back: {failure}")
