@@ -61,8 +61,9 @@ class InitramfsRepair:
     drivers step has put the drivers both platforms need in the guest's
     configuration, which both honour, so the image holds them plus what the
     conversion host's view adds (harmless), at the size and speed the
-    guest's next kernel update will have. dracut gets --no-hostonly-cmdline
-    only through the drivers module's rebuild command (see drivers.py).
+    guest's next kernel update will have. dracut is run with --no-hostonly
+    --no-hostonly-cmdline: in a chroot its host-only mode would store a
+    command line and pick modules from the conversion host's view.
     """
 
     step = Step.INITRAMFS
@@ -74,7 +75,9 @@ class InitramfsRepair:
         self.drivers = drivers or DriversRepair()
 
     def _command(self, ctx: RepairContext) -> tuple[str, ...]:
-        return self.drivers.rebuild_command(ctx, generic=False)
+        # initramfs-tools: the guest's own MODULES setting (no override file);
+        # dracut: --no-hostonly --no-hostonly-cmdline, as docs/fix-boot.md says.
+        return self.drivers.rebuild_command(ctx, generic=True)
 
     def find(self, ctx: RepairContext) -> list[Finding]:
         found = []
