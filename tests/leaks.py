@@ -34,8 +34,9 @@ def loop_devices() -> set[tuple[str, str]]:
             continue  # detached meanwhile
         # A guest image being built for the cache (under its lock, maybe by
         # another test run): the builder's own cleanup answers for it.
-        if ".building/" not in path:
-            found.add((name, path))
+        if ".building/" in path or _owned_by_someone_else(path):
+            continue
+        found.add((name, path))
     return found
 
 
@@ -49,6 +50,15 @@ def _someone_elses(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return False
     return os.getpid() not in ancestry
+
+
+def _owned_by_someone_else(path: str) -> bool:
+    """A loop device on another live vmcraft's state directory (its qemu-storage-daemon export)."""
+    prefix = f"{STATE_ROOT}/"
+    if not path.startswith(prefix):
+        return False
+    pid = path.removeprefix(prefix).split("-", 1)[0]
+    return pid.isdigit() and _someone_elses(int(pid))
 
 
 def image_daemons() -> set[int]:

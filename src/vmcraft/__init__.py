@@ -20,6 +20,7 @@ from vmcraft.errors import (
     NoSpaceError,
     NotLaunchedError,
     NotRootError,
+    SandboxUnavailableError,
     UnknownDeviceError,
     UnmountError,
     UnsafePathError,
@@ -29,6 +30,7 @@ from vmcraft.errors import (
 from vmcraft.handle import VMCraft
 from vmcraft.mount.mountinfo import MountCheck
 from vmcraft.mount.pseudofs import PseudoFS, PseudoFSMounter
+from vmcraft.sandbox.isolation import Isolation
 from vmcraft.version import package_version
 
 __version__ = package_version()
@@ -48,6 +50,7 @@ __all__ = [
     "HostToolTimeoutError",
     "ImageFormatError",
     "ImageNotFoundError",
+    "Isolation",
     "MountCheck",
     "MountError",
     "MountOSError",
@@ -56,6 +59,7 @@ __all__ = [
     "NotRootError",
     "PseudoFS",
     "PseudoFSMounter",
+    "SandboxUnavailableError",
     "UnknownDeviceError",
     "UnmountError",
     "UnsafePathError",

@@ -121,6 +121,11 @@ class NoSpaceError(VMCraftError):
     """The guest has no room for what a repair would write; nothing was changed."""
 
 
+class SandboxUnavailableError(VMCraftError):
+    """The sandbox cannot run this command on this host (a missing tool, an architecture
+    its syscall filter does not know, a mount it will not give a guest)."""
+
+
 class DriveError(VMCraftError):
     """An image cannot be added or attached."""
 

@@ -38,6 +38,7 @@ from vmcraft.errors import (
     CommandError,
     DriveError,
     NotLaunchedError,
+    SandboxUnavailableError,
 )
 from vmcraft.guest.files import GuestFiles
 from vmcraft.guestfs.base import DIFFERS, EXTENSION, IMPLEMENTED, Conformance
@@ -52,6 +53,8 @@ from vmcraft.mount.devtree import dev_tree
 from vmcraft.mount.guest import GuestMount, GuestMounts
 from vmcraft.mount.mountinfo import MountCheck
 from vmcraft.mount.pseudofs import PseudoFS, PseudoFSMounter, guest_root_path, resolve_targets
+from vmcraft.sandbox.bwrap import Sandbox
+from vmcraft.sandbox.isolation import Isolation
 from vmcraft.signals import deferred_signals
 from vmcraft.version import package_version
 
@@ -90,9 +93,11 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
         *,
         mount_check: MountCheck | str = MountCheck.MOUNTPOINT,
         timeout: float | None = DEFAULT_TIMEOUT,
+        isolation: Isolation | str | None = None,
     ) -> None:
         self.mount_check = MountCheck(mount_check)
         self.timeout = timeout
+        self._isolation = Isolation(isolation) if isolation is not None else None
         self._root: Path | None = None
         self._stack = ExitStack()
         self._held: list[PseudoFSMounter] = []
@@ -109,12 +114,14 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
         *,
         mount_check: MountCheck | str = MountCheck.MOUNTPOINT,
         timeout: float | None = DEFAULT_TIMEOUT,
+        isolation: Isolation | str = Isolation.HOST,
     ) -> Self:
         """A handle on a guest root the caller has already mounted.
 
         The handle never unmounts the root itself: whoever mounted it owns it.
+        Its commands run in the enhanced chroot unless ``isolation="sandbox"``.
         """
-        handle = cls(mount_check=mount_check, timeout=timeout)
+        handle = cls(mount_check=mount_check, timeout=timeout, isolation=isolation)
         handle._root = guest_root_path(root)
         return handle
 
@@ -275,6 +282,17 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
 
     # -- commands ---------------------------------------------------------
 
+    @property
+    def isolation(self) -> Isolation:
+        """Where guest commands run: the sandbox (disk images) or the enhanced chroot."""
+        if self._isolation is not None:
+            return self._isolation
+        return Isolation.SANDBOX if self._disks is not None else Isolation.HOST
+
+    def _sandbox(self) -> Sandbox:
+        devices = self._disks.block_devices() if self._disks is not None else ()
+        return Sandbox(os.fspath(self.root), devices)
+
     def run(
         self,
         cmd: Sequence[str],
@@ -282,9 +300,16 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
     ) -> CommandResult:
-        """Run ``cmd`` in a plain chroot and return the full result, never raising on exit."""
+        """Run ``cmd`` in the guest and return the full result, never raising on exit.
+
+        In the sandbox the command has /proc, /dev and /sys of its own; in
+        the enhanced chroot only what is mounted around it.
+        """
         root = self.root
-        return run_in_root(root, cmd, timeout=self.timeout if timeout is None else timeout, env=env)
+        limit = self.timeout if timeout is None else timeout
+        if self.isolation is Isolation.SANDBOX:
+            return run_in_root(root, cmd, timeout=limit, env=env, sandbox=self._sandbox())
+        return run_in_root(root, cmd, timeout=limit, env=env)
 
     def command(
         self,
@@ -321,14 +346,20 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
         return PseudoFSMounter(self.root, extra=extra, check=self.mount_check, dev=self._dev())
 
     @contextmanager
-    def hold_mounts(self, extra: Sequence[str | PseudoFS] = ()) -> Iterator[PseudoFSMounter]:
+    def hold_mounts(self, extra: Sequence[str | PseudoFS] = ()) -> Iterator[PseudoFSMounter | None]:
         """Keep the pseudo-filesystems mounted across a batch of commands.
 
         Inside the block, :meth:`command_with_mounts` calls asking for no more
         than what is held run straight away: no check, no mount, no unmount,
         so the batch pays for the mounts once (the per-call ``mountpoint -q``
         check alone costs three process spawns).
+
+        In the sandbox there is nothing to hold: every command gets its own
+        /proc, /dev and /sys, made and dropped by the kernel with it (None).
         """
+        if self.isolation is Isolation.SANDBOX:
+            yield None
+            return
         with self.pseudofs(extra) as mounter:
             self._held.append(mounter)
             try:
@@ -357,7 +388,13 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
         taken down after it, whatever happens. Returns stdout; raises
         :class:`CommandError` on a non-zero exit, logged at debug level
         only when ``quiet``.
+
+        In the sandbox (the default on disk images) the command always has
+        them: /proc, /dev and /sys of its own, with the guest's devices only.
         """
+        if self.isolation is Isolation.SANDBOX:
+            self._sandbox_extra(extra)
+            return self._checked(self.run(cmd, timeout=timeout, env=env), quiet=quiet)
         if self._holding(extra):
             return self._checked(self.run(cmd, timeout=timeout, env=env), quiet=quiet)
         mounter = self.pseudofs(extra)
@@ -377,6 +414,17 @@ class VMCraft(DeviceCalls, InspectionCalls, MountCalls, FileCalls):
                 total_ms=ms_since(start),
             )
         return self._checked(result, quiet=quiet)
+
+    @staticmethod
+    def _sandbox_extra(extra: Sequence[str | PseudoFS]) -> None:
+        """The sandbox has a tmpfs /run of its own; the host's efivarfs it never gets."""
+        for item in extra:
+            name = item if isinstance(item, str) else item.target
+            if name != "run":
+                raise SandboxUnavailableError(
+                    f"{name!r} cannot be given to a sandboxed command; "
+                    "use VMCraft(isolation='host') for it"
+                )
 
     def _checked(self, result: CommandResult, *, quiet: bool) -> str:
         if result.ok:

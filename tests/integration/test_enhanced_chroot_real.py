@@ -245,6 +245,7 @@ def test_held_mounts_serve_a_batch_without_remounting(g: VMCraft) -> None:
         # Asking for more than is held mounts just the extra, for that call.
         g.command_with_mounts(["test", "-d", "/dev/pts/"], extra=["dev/pts"])
         assert mount_table() == table
+    assert held is not None, "a from_root handle holds the enhanced chroot's mounts"
     assert held.mounted == ["proc", "dev", "sys"]
     timings = [e for e in events if e["event"] == "command_with_mounts.timings"]
     assert len(timings) == 1

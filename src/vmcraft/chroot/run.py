@@ -6,18 +6,28 @@ prompting postinst must fail, not hang), and no host variables, which could
 point them at host paths. A timeout, an exception or Ctrl-C kills the whole
 process tree, including daemons that left the process group but stayed in
 the root.
+
+The result comes when the command itself exits. A daemon it started without
+redirecting its output (a postinst starting a service) would otherwise hold
+stdout open and keep ``communicate`` waiting for EOF until the timeout: a
+watcher thread sees the command exit, and if anything still holds the pipes
+then, ends the command's session and whatever runs in the guest root, and the
+output written so far is returned with the command's own exit status.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -25,6 +35,11 @@ from vmcraft.chroot import reaper
 from vmcraft.errors import CommandError, CommandTimeoutError, last_line
 from vmcraft.host import SYSTEM_PATH, host_tool, require_privileges
 from vmcraft.log import get_logger
+from vmcraft.sandbox import seccomp
+from vmcraft.signals import deferred_signals
+
+if TYPE_CHECKING:
+    from vmcraft.sandbox.bwrap import Sandbox
 
 log = get_logger(__name__)
 
@@ -80,45 +95,217 @@ def _kill_tree(proc: subprocess.Popen[str], root: Path) -> None:
     reaper.reap(root, grace=1.0)
 
 
+# Signals that may have Python handlers. The watcher thread blocks them: one
+# delivered to it rather than to the main thread would run its handler late,
+# with the main thread still blocked in its wait.
+_WATCHER_BLOCKS = frozenset(
+    {
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGALRM,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+    }
+)
+
+_WAITING, _ENDING, _DONE = "waiting", "ending", "done"
+
+
+class _ExitWatch:
+    """Ends what still holds the command's output once the command has exited.
+
+    ``communicate`` returns at EOF on stdout and stderr, and EOF only comes
+    when every process holding their write ends is gone. A thread waits on a
+    pidfd for the direct child to exit (without reaping it: ``communicate``
+    still does that), then looks at the pipes: if something else still has
+    them open, the command's session and everything rooted in the guest is
+    ended, and EOF follows. In the usual case, nothing holds them, and the
+    thread only looks.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], root: Path) -> None:
+        self._proc = proc
+        self._root = root
+        self._state = _WAITING
+        self._lock = _thread.allocate_lock()
+        self._ended = _thread.allocate_lock()
+        self._ended.acquire()  # released by the watcher once it has ended the leftovers
+        self._fds: list[int] = []
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:  # kernels before 5.3: EOF alone ends the wait, as before
+            self._state = _DONE
+            return
+        try:
+            # Our own descriptors on the pipes: communicate closes its own at EOF,
+            # and the numbers could be reused meanwhile.
+            self._fds = [os.dup(f.fileno()) for f in (proc.stdout, proc.stderr) if f is not None]
+            # Started with those signals blocked, so it never runs unblocked.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHER_BLOCKS)
+            try:
+                _thread.start_new_thread(self._watch, (pidfd,))
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        except BaseException:
+            self._state = _DONE
+            os.close(pidfd)
+            self._close_fds()
+            raise
+
+    def finish(self) -> None:
+        """The command's call is over: let the watcher go, or wait while it ends leftovers."""
+        with self._lock:
+            ending = self._state == _ENDING
+            self._state = _DONE
+        if ending:
+            self._ended.acquire()
+
+    def _watch(self, pidfd: int) -> None:
+        try:
+            if not self._wait_exited(pidfd):
+                return
+            with self._lock:
+                if self._state != _WAITING or not self._held():
+                    return
+                # Until finish(), the caller reaps the child only once the
+                # pipes are closed, so its pid (and session id) stays ours
+                # while the tree is killed; pids are also allocated cyclically.
+                self._state = _ENDING
+            try:
+                log.warning(
+                    "command.output_held",
+                    argv=self._proc.args,
+                    pid=self._proc.pid,
+                    note="the command exited; ending what it left holding its stdout/stderr",
+                )
+                _kill_tree(self._proc, self._root)
+            finally:
+                with self._lock:
+                    self._state = _DONE
+                self._ended.release()
+        except Exception as exc:  # a thread of our own: nobody else would see it
+            log.error("command.watch_failed", error=repr(exc))
+        finally:
+            self._close_fds()
+
+    @staticmethod
+    def _wait_exited(pidfd: int) -> bool:
+        """Block until the child has exited; False when it was reaped already."""
+        try:
+            try:
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                return False  # reaped: communicate saw EOF and the exit
+            except OSError:  # no P_PIDFD (Linux 5.3): the pidfd polls readable at exit
+                select.select([pidfd], [], [])
+            return True
+        finally:
+            os.close(pidfd)
+
+    def _held(self) -> bool:
+        """Whether anything still has the write end of stdout or stderr open."""
+        poller = select.poll()
+        for fd in self._fds:
+            poller.register(fd, 0)  # POLLHUP is always reported: no writers left
+        hung_up = sum(1 for _, events in poller.poll(0) if events & select.POLLHUP)
+        return hung_up < len(self._fds)
+
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def _stop_watching(watch: _ExitWatch | None) -> None:
+    if watch is not None:
+        watch.finish()
+
+
+def _discard(proc: subprocess.Popen[str]) -> None:
+    """Reap a killed child and close its pipes.
+
+    Not ``communicate()`` again: interrupted before it had set itself up,
+    it cannot be resumed and raises an AttributeError in place of the Ctrl-C.
+    """
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    proc.wait()
+
+
 def run_in_root(
     root: Path,
     argv: Sequence[str],
     *,
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
+    sandbox: Sandbox | None = None,
 ) -> CommandResult:
-    """Run ``argv`` in ``chroot root``; never raises for a non-zero exit."""
+    """Run ``argv`` in ``chroot root``, or in ``sandbox``; never raises for a non-zero exit.
+
+    Returns once the command exits, with what it wrote until then; anything
+    it left holding its output open is ended first (see :class:`_ExitWatch`).
+    """
     if not argv:
         raise ValueError("empty command")
     require_privileges("running a command in the guest")
-    chroot = host_tool("chroot", "coreutils")
     argv = [os.fspath(a) for a in argv]
+    filter_fd = -1
+    if sandbox is not None:
+        filter_fd = seccomp.program_fd()
+        command = sandbox.argv(argv, seccomp_fd=filter_fd)
+    else:
+        command = [host_tool("chroot", "coreutils"), "--", os.fspath(root), *argv]
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [chroot, "--", os.fspath(root), *argv],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=guest_environment(env),
-        encoding="utf-8",
-        errors="replace",
-        start_new_session=True,
-        close_fds=True,
-    )
+    proc: subprocess.Popen[str] | None = None
+    watch: _ExitWatch | None = None
     try:
+        # A Ctrl-C inside Popen, after the fork, would lose the child: Popen
+        # raises without returning it, and nothing could kill it then.
+        with deferred_signals():
+            proc = subprocess.Popen(
+                command,
+                pass_fds=(filter_fd,) if filter_fd >= 0 else (),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=guest_environment(env),
+                encoding="utf-8",
+                errors="replace",
+                start_new_session=True,
+                close_fds=True,
+            )
+        if filter_fd >= 0:
+            os.close(filter_fd)  # bwrap has its own copy
+            filter_fd = -1
+        watch = _ExitWatch(proc, root)
         stdout, stderr = proc.communicate(timeout=timeout)
+        returncode = proc.returncode
     except subprocess.TimeoutExpired:
+        if proc is None:  # only communicate times out
+            raise
+        _stop_watching(watch)
         _kill_tree(proc, root)
         stdout, stderr = proc.communicate()
         log.warning("command.timeout", argv=argv, timeout_s=timeout)
         raise CommandTimeoutError(argv, timeout or 0.0, stdout, stderr) from None
     except BaseException:
-        _kill_tree(proc, root)
-        proc.communicate()
+        # The watcher first: it must be done with the child before the child is reaped.
+        _stop_watching(watch)
+        if proc is not None:
+            _kill_tree(proc, root)
+            _discard(proc)
         raise
+    finally:
+        _stop_watching(watch)
+        if filter_fd >= 0:
+            os.close(filter_fd)
     return CommandResult(
         argv=argv,
-        returncode=proc.returncode,
+        returncode=returncode,
         stdout=stdout,
         stderr=stderr,
         duration_ms=round((time.perf_counter() - start) * 1000, 3),

@@ -25,7 +25,7 @@ import os
 import platform
 import struct
 
-from vmcraft.errors import VMCraftError
+from vmcraft.errors import SandboxUnavailableError
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -86,10 +86,6 @@ _LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 _ALLOW = 0x7FFF0000
 _ERRNO = 0x00050000
 _ARCH_OFFSET, _NR_OFFSET, _ARG0_OFFSET = 4, 0, 16
-
-
-class SandboxUnavailableError(VMCraftError):
-    """The sandbox cannot be set up on this host (tool missing, unknown architecture)."""
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
