@@ -18,6 +18,22 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def matrix(session: nox.Session) -> None:
+    """Every guest x hardware boot, before and after fix-boot (needs root; ~20 minutes)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "",
+        "tests/e2e/test_vmware_guests_baseline.py",
+        "tests/e2e/test_vmware_repair.py",
+        *session.posargs,
+    )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", *SOURCES)
