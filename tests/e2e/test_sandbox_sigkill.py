@@ -276,11 +276,6 @@ def hung_up(fd: int) -> bool:
     return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src: run_in_root returns when bwrap's outer process exits; the sandbox's init "
-    "and what is left in its PID namespace are killed a moment later (--die-with-parent)",
-)
 def test_a_daemon_is_gone_when_its_command_returns(image_copy: CopyImage) -> None:
     """The daemon holds the write end of a FIFO whose read end the test has: no POLLHUP at
     the command's return means a process of the sandbox is still alive then."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import json
 import os
 import select
 import signal
@@ -126,9 +127,13 @@ class _ExitWatch:
     thread only looks.
     """
 
-    def __init__(self, proc: subprocess.Popen[str], root: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[str], root: Path, sandbox_init: int | None = None
+    ) -> None:
         self._proc = proc
         self._root = root
+        # A sandbox's PID 1 (a pidfd): the sandbox is gone only once it is.
+        self._sandbox_init = sandbox_init
         self._state = _WAITING
         self._lock = _thread.allocate_lock()
         self._ended = _thread.allocate_lock()
@@ -167,6 +172,10 @@ class _ExitWatch:
         try:
             if not self._wait_exited(pidfd):
                 return
+            if self._sandbox_init is not None:
+                # bwrap's outer process exits first; its PID 1 and with it the
+                # whole namespace go a moment later, and let go of the pipes.
+                wait_sandbox_gone(self._sandbox_init)
             with self._lock:
                 if self._state != _WAITING or not self._held():
                     return
@@ -236,6 +245,65 @@ def _discard(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
+SANDBOX_GRACE = 5.0
+"""Seconds a sandbox's PID namespace may take to go after its command exited."""
+
+
+def _sandbox_init(info_fd: int) -> int | None:
+    """A pidfd on the sandbox's PID 1, from bwrap's ``--info-fd`` JSON; None if it is gone."""
+    data = b""
+    while chunk := os.read(info_fd, 4096):
+        data += chunk
+    try:
+        pid = int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None  # bwrap failed before it started the sandbox
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None  # already gone, namespace and all
+
+
+def wait_sandbox_gone(pidfd: int) -> None:
+    """Wait until a sandbox's PID 1 has exited: the kernel reports it only once every
+    process of its namespace is gone. Past ``SANDBOX_GRACE`` it is killed, and so are they."""
+    ready, _, _ = select.select([pidfd], [], [], SANDBOX_GRACE)
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], SANDBOX_GRACE)
+
+
+class _SandboxFds:
+    """The descriptors one sandboxed command needs: its syscall filter, bwrap's info pipe,
+    and then a pidfd on the sandbox's PID 1; all closed by ``close()``."""
+
+    def __init__(self, sandbox: Sandbox, argv: Sequence[str]) -> None:
+        self.filter = seccomp.program_fd()
+        self.info_read, self.info_write = os.pipe2(os.O_CLOEXEC)
+        self.init: int | None = None
+        self.command = sandbox.argv(argv, seccomp_fd=self.filter, info_fd=self.info_write)
+
+    @property
+    def passed(self) -> tuple[int, int]:
+        return (self.filter, self.info_write)
+
+    def started(self) -> int | None:
+        """bwrap runs: drop our copies of what it was given, learn its PID 1."""
+        for fd in self.passed:
+            os.close(fd)
+        self.filter = self.info_write = -1
+        self.init = _sandbox_init(self.info_read)
+        return self.init
+
+    def close(self) -> None:
+        for fd in (self.filter, self.info_read, self.info_write, self.init):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.filter = self.info_read = self.info_write = -1
+        self.init = None
+
+
 def run_in_root(
     root: Path,
     argv: Sequence[str],
@@ -248,17 +316,19 @@ def run_in_root(
 
     Returns once the command exits, with what it wrote until then; anything
     it left holding its output open is ended first (see :class:`_ExitWatch`).
+    A sandboxed command returns only once its sandbox is gone, every process
+    in it included.
     """
     if not argv:
         raise ValueError("empty command")
     require_privileges("running a command in the guest")
     argv = [os.fspath(a) for a in argv]
-    filter_fd = -1
-    if sandbox is not None:
-        filter_fd = seccomp.program_fd()
-        command = sandbox.argv(argv, seccomp_fd=filter_fd)
-    else:
-        command = [host_tool("chroot", "coreutils"), "--", os.fspath(root), *argv]
+    fds = _SandboxFds(sandbox, argv) if sandbox is not None else None
+    command = (
+        fds.command
+        if fds is not None
+        else [host_tool("chroot", "coreutils"), "--", os.fspath(root), *argv]
+    )
     start = time.perf_counter()
     proc: subprocess.Popen[str] | None = None
     watch: _ExitWatch | None = None
@@ -268,7 +338,7 @@ def run_in_root(
         with deferred_signals():
             proc = subprocess.Popen(
                 command,
-                pass_fds=(filter_fd,) if filter_fd >= 0 else (),
+                pass_fds=fds.passed if fds is not None else (),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -278,12 +348,14 @@ def run_in_root(
                 start_new_session=True,
                 close_fds=True,
             )
-        if filter_fd >= 0:
-            os.close(filter_fd)  # bwrap has its own copy
-            filter_fd = -1
-        watch = _ExitWatch(proc, root)
+        sandbox_init = fds.started() if fds is not None else None
+        watch = _ExitWatch(proc, root, sandbox_init)
         stdout, stderr = proc.communicate(timeout=timeout)
         returncode = proc.returncode
+        if sandbox_init is not None:
+            # The output can end before a daemon that closed it has: the
+            # call returns only once the sandbox, and all in it, is gone.
+            wait_sandbox_gone(sandbox_init)
     except subprocess.TimeoutExpired:
         if proc is None:  # only communicate times out
             raise
@@ -301,8 +373,8 @@ def run_in_root(
         raise
     finally:
         _stop_watching(watch)
-        if filter_fd >= 0:
-            os.close(filter_fd)
+        if fds is not None:
+            fds.close()
     return CommandResult(
         argv=argv,
         returncode=returncode,

@@ -60,8 +60,14 @@ class Sandbox:
     root: str
     devices: tuple[BlockDevice, ...] = ()
 
-    def argv(self, command: Sequence[str], *, seccomp_fd: int) -> list[str]:
-        """bwrap's command line running ``command`` in the sandbox."""
+    def argv(
+        self, command: Sequence[str], *, seccomp_fd: int, info_fd: int | None = None
+    ) -> list[str]:
+        """bwrap's command line running ``command`` in the sandbox.
+
+        ``info_fd`` gets bwrap's JSON with the sandbox's PID 1 (``child-pid``),
+        whose exit the kernel reports once every process in the sandbox is gone.
+        """
         args = [
             host_tool("bwrap", "bubblewrap"),
             "--unshare-pid",
@@ -93,6 +99,8 @@ class Sandbox:
         ]
         for cap in CAPABILITIES:
             args += ["--cap-add", cap]
+        if info_fd is not None:
+            args += ["--info-fd", str(info_fd)]
         return [*args, "--seccomp", str(seccomp_fd), "--", *command]
 
     def _device_args(self) -> list[str]:
