@@ -49,6 +49,7 @@ from vmcraft.fixers.fixboot import (
 from vmcraft.fixers.layout import UnsupportedGuestError
 from vmcraft.guestfs.conformance import conformance_table
 from vmcraft.handle import VMCraft
+from vmcraft.sandbox.isolation import Isolation
 from vmcraft.version import package_version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
@@ -180,6 +181,7 @@ def _options(args: argparse.Namespace) -> FixBootOptions:
         dry_run=args.dry_run,
         timeout=args.timeout,
         skip=frozenset(Step(name) for name in args.skip),
+        isolation=Isolation(args.isolation),
     )
 
 
@@ -281,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command
     if not command:
         raise SystemExit("vmcraft run: no command given (vmcraft run IMAGE -- CMD ...)")
-    with VMCraft(timeout=args.timeout) as g:
+    with VMCraft(timeout=args.timeout, isolation=args.isolation) as g:
         g.add_drive_opts(args.image, readonly=not args.rw, format=args.format)
         g.launch()
         roots = g.inspect_os()
@@ -358,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log events")
     sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
+    def isolation_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--isolation",
+            choices=[i.value for i in Isolation],
+            default=Isolation.SANDBOX.value,
+            help="where guest commands run: a sandbox (default) or the enhanced chroot "
+            "with the host's /proc, /dev, /sys (docs/sandbox.md)",
+        )
+
     def image_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("image", help="disk image (raw, qcow2, vmdk, vhdx, vpc...)")
         p.add_argument("--format", help="image format (default: ask qemu-img)")
@@ -393,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put back every file earlier fix-boot runs changed, from their journal",
     )
+    isolation_arg(fix)
     fix.set_defaults(func=cmd_fix_boot)
 
     chk = sub.add_parser(
@@ -420,7 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a command in the guest, read-only unless --rw.",
     )
     image_args(run)
-    run.add_argument("--with-mounts", action="store_true", help="provide /proc, /dev, /sys")
+    run.add_argument(
+        "--with-mounts",
+        action="store_true",
+        help="provide /proc, /dev, /sys (--isolation host; the sandbox always has them)",
+    )
+    isolation_arg(run)
     run.add_argument("--rw", action="store_true", help="open the image writable")
     run.add_argument("--timeout", type=float, default=600, help="seconds")
     run.add_argument("command", nargs="*", help="-- CMD [ARG...]")

@@ -53,6 +53,7 @@ from vmcraft.inspect.fstab import FstabEntry, local_filesystems, parse_fstab
 from vmcraft.inspect.osrelease import distro_name, parse_os_release
 from vmcraft.log import get_logger
 from vmcraft.report import StepReport
+from vmcraft.sandbox.isolation import Isolation
 from vmcraft.version import package_version
 
 log = get_logger(__name__)
@@ -89,6 +90,8 @@ class FixBootOptions:
     """Per command, in seconds: dracut on a slow guest takes minutes."""
     skip: frozenset[Step] = frozenset()
     """Steps not to run, by name."""
+    isolation: Isolation | None = None
+    """Where guest commands run; None: the sandbox on disk images (docs/sandbox.md)."""
 
     def forced(self, step: Step) -> bool | None:
         """True: run the step even with nothing found; False: never; None: when needed."""
@@ -626,7 +629,7 @@ def fix_boot(
         version=package_version(), image=os.fspath(image), dry_run=options.dry_run
     )
     try:
-        with VMCraft(timeout=options.timeout) as g:
+        with VMCraft(timeout=options.timeout, isolation=options.isolation) as g:
             g.add_drive_opts(image, readonly=options.dry_run, format=format)
             g.launch()
             BootFixer(g, options, progress=progress, report=report).run()
