@@ -33,7 +33,9 @@ def image(request: pytest.FixtureRequest, image_copy: CopyImage) -> Path:
 
 @pytest.fixture
 def g(image: Path) -> Iterator[VMCraft]:
-    with VMCraft(timeout=900) as handle:
+    # The card's enhanced chroot on a real disk: bare commands lack /proc,
+    # /dev and /sys (the sandbox, the default on disks, always has them).
+    with VMCraft(timeout=900, isolation="host") as handle:
         handle.add_drive_opts(image, readonly=False)
         handle.launch()
         handle.mount("/dev/sda2", "/")
