@@ -96,9 +96,18 @@ class MountCalls(HandleState):
         if self._local is not None:
             raise GuestMountError("mount_local: already mounted")
         # Held signals: a Ctrl-C between the bind and this assignment would
-        # leave a bind nobody knows to take down.
-        with deferred_signals():
-            self._local = LocalMount(self.root, localmountpoint, readonly=readonly)
+        # leave a bind nobody knows to take down; one held back until the
+        # end takes it down again, so a failed call leaves nothing.
+        local: LocalMount | None = None
+        try:
+            with deferred_signals():
+                local = LocalMount(self.root, localmountpoint, readonly=readonly)
+                self._local = local
+        except BaseException:
+            if local is not None and self._local is local:
+                self._local = None
+                local.close()
+            raise
 
     def mount_local_run(self) -> None:
         if self._local is None:
