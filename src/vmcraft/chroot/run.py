@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import functools
 import json
 import os
 import select
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,6 +117,73 @@ _WATCHER_BLOCKS = frozenset(
 _WAITING, _ENDING, _DONE = "waiting", "ending", "done"
 
 
+def _start_watcher(job: Callable[[], None]) -> None:
+    """Run ``job`` on a thread of its own, which ends with it.
+
+    A thread per command (about 0.1 ms) rather than a pool kept between
+    commands: nothing of a call outlives it. The thread blocks the signals
+    itself, not the main thread around its start: blocking them there, even
+    for a moment, would send a Ctrl-C arriving then to whichever other
+    thread does not block it, and the main thread's wait would not be
+    interrupted.
+    """
+
+    def watcher() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHER_BLOCKS)
+        try:
+            job()
+        except Exception as exc:  # a thread of our own: nobody else would see it
+            log.error("command.watch_failed", error=repr(exc))
+
+    _thread.start_new_thread(watcher, ())
+
+
+class _CtrlC:
+    """A Ctrl-C that the wait for the command cannot miss.
+
+    The main thread waits in ``communicate``'s poll(2); Python runs the
+    SIGINT handler when poll returns EINTR. A SIGINT whose C handler runs
+    after the interpreter's last check but before poll(2) starts does not
+    interrupt it, and the KeyboardInterrupt comes only when the command
+    ends, which for a long command is never. (Python also drops a
+    KeyboardInterrupt raised inside a finalizer, a Popen's ``__del__`` run
+    by the garbage collector: "Exception ignored in ...".) The C handler
+    writes every signal to the wakeup fd: the watcher reads it and, for a
+    Ctrl-C, kills the command, so the wait returns and the interrupt is
+    raised after it.
+
+    Only in the main thread, with Python's own SIGINT handler in place, and
+    when no wakeup fd is set already (asyncio's): a caller's own handler or
+    loop is theirs to honour, and the command then waits as before.
+    """
+
+    def __init__(self, wanted: bool) -> None:
+        self.read = self.write = -1
+        if not wanted:
+            return
+        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        if previous != -1:  # someone else's: put it back and leave it
+            signal.set_wakeup_fd(previous)
+            _close((read, write))
+            return
+        self.read, self.write = read, write
+
+    @staticmethod
+    def wanted() -> bool:
+        """Whether to arm: asked before deferred_signals() puts its own handler in."""
+        return (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+
+    def close(self) -> None:
+        if self.write >= 0:
+            signal.set_wakeup_fd(-1)
+            _close((self.read, self.write))
+            self.read = self.write = -1
+
+
 class _ExitWatch:
     """Ends what still holds the command's output once the command has exited.
 
@@ -124,40 +193,55 @@ class _ExitWatch:
     still does that), then looks at the pipes: if something else still has
     them open, the command's session and everything rooted in the guest is
     ended, and EOF follows. In the usual case, nothing holds them, and the
-    thread only looks.
+    thread only looks. Meanwhile it also reads the :class:`_CtrlC` wakeup
+    fd, and a Ctrl-C kills the command's process group (``interrupted``).
+
+    The thread owns the descriptors it is given, its own copies, and closes
+    them: the caller closes its own when it likes, and a Ctrl-C landing while
+    the watcher is set up can leak one, never close one twice.
     """
 
     def __init__(
-        self, proc: subprocess.Popen[str], root: Path, sandbox_init: int | None = None
+        self,
+        proc: subprocess.Popen[str],
+        root: Path,
+        sandbox_init: int | None = None,
+        ctrl_c: _CtrlC | None = None,
     ) -> None:
         self._proc = proc
         self._root = root
-        # A sandbox's PID 1 (a pidfd): the sandbox is gone only once it is.
-        self._sandbox_init = sandbox_init
         self._state = _WAITING
+        self.interrupted = False
+        """A Ctrl-C reached the watcher, which killed the command: raise it."""
         self._lock = _thread.allocate_lock()
         self._ended = _thread.allocate_lock()
         self._ended.acquire()  # released by the watcher once it has ended the leftovers
-        self._fds: list[int] = []
+        owned: list[int] = []
         try:
-            pidfd = os.pidfd_open(proc.pid)
-        except OSError:  # kernels before 5.3: EOF alone ends the wait, as before
+            owned.append(os.pidfd_open(proc.pid))
+            # Copies of the wakeup fd, of the read ends (communicate closes
+            # its own at EOF, and the numbers could be reused meanwhile), and
+            # of the sandbox's PID 1 (the sandbox is gone only once it is; the
+            # caller closes its own as it returns).
+            owned.append(os.dup(ctrl_c.read) if ctrl_c is not None and ctrl_c.read >= 0 else -1)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    owned.append(os.dup(pipe.fileno()))
+            if sandbox_init is not None:
+                owned.append(os.dup(sandbox_init))
+        except OSError:  # no pidfd (kernels before 5.3): EOF alone ends the wait, as before
             self._state = _DONE
+            _close(owned)
             return
-        try:
-            # Our own descriptors on the pipes: communicate closes its own at EOF,
-            # and the numbers could be reused meanwhile.
-            self._fds = [os.dup(f.fileno()) for f in (proc.stdout, proc.stderr) if f is not None]
-            # Started with those signals blocked, so it never runs unblocked.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHER_BLOCKS)
-            try:
-                _thread.start_new_thread(self._watch, (pidfd,))
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         except BaseException:
             self._state = _DONE
-            os.close(pidfd)
-            self._close_fds()
+            _close(owned)
+            raise
+        try:
+            _start_watcher(functools.partial(self._watch, owned, sandbox_init is not None))
+        except BaseException:  # no thread: nobody else will close them
+            self._state = _DONE
+            _close(owned)
             raise
 
     def finish(self) -> None:
@@ -168,16 +252,17 @@ class _ExitWatch:
         if ending:
             self._ended.acquire()
 
-    def _watch(self, pidfd: int) -> None:
+    def _watch(self, owned: list[int], sandboxed: bool) -> None:
+        pidfd, wake, pipes = owned[0], owned[1], owned[2 : len(owned) - sandboxed]
         try:
-            if not self._wait_exited(pidfd):
+            if not self._wait_exited(pidfd, wake):
                 return
-            if self._sandbox_init is not None:
+            if sandboxed:
                 # bwrap's outer process exits first; its PID 1 and with it the
                 # whole namespace go a moment later, and let go of the pipes.
-                wait_sandbox_gone(self._sandbox_init)
+                wait_sandbox_gone(owned[-1])
             with self._lock:
-                if self._state != _WAITING or not self._held():
+                if self._state != _WAITING or not _held(pipes):
                     return
                 # Until finish(), the caller reaps the child only once the
                 # pipes are closed, so its pid (and session id) stays ours
@@ -195,36 +280,49 @@ class _ExitWatch:
                 with self._lock:
                     self._state = _DONE
                 self._ended.release()
-        except Exception as exc:  # a thread of our own: nobody else would see it
-            log.error("command.watch_failed", error=repr(exc))
         finally:
-            self._close_fds()
+            _close(owned)
 
-    @staticmethod
-    def _wait_exited(pidfd: int) -> bool:
-        """Block until the child has exited; False when it was reaped already."""
+    def _wait_exited(self, pidfd: int, wake: int) -> bool:
+        """Block until the child has exited; False when it is not (or no longer) ours."""
         try:
-            try:
-                os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
-            except ChildProcessError:
-                return False  # reaped: communicate saw EOF and the exit
-            except OSError:  # no P_PIDFD (Linux 5.3): the pidfd polls readable at exit
-                select.select([pidfd], [], [])
-            return True
-        finally:
-            os.close(pidfd)
+            if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True  # exited already
+        except ChildProcessError:
+            return False  # reaped (communicate saw EOF and the exit), or not our child
+        except OSError:  # no P_PIDFD (Linux 5.3): the pidfd polls readable at exit
+            pass
+        watched = [pidfd] if wake < 0 else [pidfd, wake]
+        while True:
+            ready, _, _ = select.select(watched, [], [])
+            if wake in ready and signal.SIGINT in os.read(wake, 512):
+                self._interrupt()
+            if pidfd in ready:
+                return True
 
-    def _held(self) -> bool:
-        """Whether anything still has the write end of stdout or stderr open."""
-        poller = select.poll()
-        for fd in self._fds:
-            poller.register(fd, 0)  # POLLHUP is always reported: no writers left
-        hung_up = sum(1 for _, events in poller.poll(0) if events & select.POLLHUP)
-        return hung_up < len(self._fds)
+    def _interrupt(self) -> None:
+        with self._lock:
+            if self._state != _WAITING:
+                return
+            self.interrupted = True
+            # The group is the command's session (started_new_session); the
+            # caller's KeyboardInterrupt then ends the rest of the tree.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
 
-    def _close_fds(self) -> None:
-        fds, self._fds = self._fds, []
-        for fd in fds:
+
+def _held(pipes: Sequence[int]) -> bool:
+    """Whether anything still has the write end of one of these pipes open."""
+    poller = select.poll()
+    for fd in pipes:
+        poller.register(fd, 0)  # POLLHUP is always reported: no writers left
+    hung_up = sum(1 for _, events in poller.poll(0) if events & select.POLLHUP)
+    return hung_up < len(pipes)
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        if fd >= 0:  # -1: a slot left empty (no wakeup fd)
             os.close(fd)
 
 
@@ -332,10 +430,15 @@ def run_in_root(
     start = time.perf_counter()
     proc: subprocess.Popen[str] | None = None
     watch: _ExitWatch | None = None
+    ctrl_c: _CtrlC | None = None
     try:
         # A Ctrl-C inside Popen, after the fork, would lose the child: Popen
-        # raises without returning it, and nothing could kill it then.
+        # raises without returning it, and nothing could kill it then. Held
+        # back, it is raised here, once proc exists; and the wakeup fd, set
+        # for the whole process, is never left behind half set.
+        wanted = _CtrlC.wanted()
         with deferred_signals():
+            ctrl_c = _CtrlC(wanted)
             proc = subprocess.Popen(
                 command,
                 pass_fds=fds.passed if fds is not None else (),
@@ -349,8 +452,17 @@ def run_in_root(
                 close_fds=True,
             )
         sandbox_init = fds.started() if fds is not None else None
-        watch = _ExitWatch(proc, root, sandbox_init)
+        # Held back too: the watcher's setup takes locks (its own, the
+        # worker pool's), and a KeyboardInterrupt raised between a lock's
+        # acquire and the block that releases it would leave it taken for
+        # good, and the next command hung.
+        with deferred_signals():
+            watch = _ExitWatch(proc, root, sandbox_init, ctrl_c)
         stdout, stderr = proc.communicate(timeout=timeout)
+        if watch.interrupted:
+            # The watcher killed the command for a Ctrl-C that this thread
+            # has not raised (it landed just before the wait, or was dropped).
+            raise KeyboardInterrupt
         returncode = proc.returncode
         if sandbox_init is not None:
             # The output can end before a daemon that closed it has: the
@@ -359,22 +471,30 @@ def run_in_root(
     except subprocess.TimeoutExpired:
         if proc is None:  # only communicate times out
             raise
-        _stop_watching(watch)
-        _kill_tree(proc, root)
-        stdout, stderr = proc.communicate()
+        with deferred_signals():  # as below: a Ctrl-C waits for the tree to be ended
+            _stop_watching(watch)
+            _kill_tree(proc, root)
+            stdout, stderr = proc.communicate()
         log.warning("command.timeout", argv=argv, timeout_s=timeout)
         raise CommandTimeoutError(argv, timeout or 0.0, stdout, stderr) from None
     except BaseException:
-        # The watcher first: it must be done with the child before the child is reaped.
-        _stop_watching(watch)
-        if proc is not None:
-            _kill_tree(proc, root)
-            _discard(proc)
+        # A second Ctrl-C waits for this cleanup: halfway through it could
+        # leave Popen's wait lock taken (and the next wait hung) or the tree alive.
+        with deferred_signals():
+            # The watcher first: it must be done with the child before the child is reaped.
+            _stop_watching(watch)
+            if proc is not None:
+                _kill_tree(proc, root)
+                _discard(proc)
         raise
     finally:
-        _stop_watching(watch)
-        if fds is not None:
-            fds.close()
+        # The same for letting the watcher go and closing what it was given.
+        with deferred_signals():
+            _stop_watching(watch)
+            if ctrl_c is not None:
+                ctrl_c.close()
+            if fds is not None:
+                fds.close()
     return CommandResult(
         argv=argv,
         returncode=returncode,
