@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import leaks
 from tests.fixtures.guestdisk import DebianDisk, debian_disk
 from tests.leaks import snapshot
 from vmcraft import VMCraft, cleanup
@@ -85,6 +86,12 @@ def image_copy(debian: DebianDisk, tmp_path: Path) -> Iterator[CopyImage]:
     yield copy
     for path in made:
         path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_temp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tell the leak checks which temporary files are this run's (see tests/leaks.py)."""
+    leaks.own_temp = tmp_path_factory.getbasetemp()
 
 
 @pytest.fixture

@@ -3,19 +3,31 @@
 State directories and image daemons of *live* processes outside this test
 process's tree are another vmcraft's (a second test run, a user's job on
 the same host) and are not counted; those of dead processes are leaks
-whoever left them.
+whoever left them. So are loop devices on another pytest run's temporary
+files (``own_temp`` is set to this run's base by tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 
 import psutil
 
 from vmcraft.disks.statedir import STATE_ROOT
 from vmcraft.mount.mountinfo import read_mountinfo
+
+own_temp: Path | None = None
+"""This pytest run's base temporary directory, once the session has one."""
+
+_PYTEST_TEMP = re.compile(r"^/tmp/pytest-of-[^/]+/pytest-\d+/")
+
+
+def _another_runs_temp(path: str) -> bool:
+    found = _PYTEST_TEMP.match(path)
+    return found is not None and (own_temp is None or not path.startswith(f"{own_temp.resolve()}/"))
 
 
 def mount_table() -> list[tuple[int, str, str]]:
@@ -34,7 +46,7 @@ def loop_devices() -> set[tuple[str, str]]:
             continue  # detached meanwhile
         # A guest image being built for the cache (under its lock, maybe by
         # another test run): the builder's own cleanup answers for it.
-        if ".building/" in path or _owned_by_someone_else(path):
+        if ".building/" in path or _owned_by_someone_else(path) or _another_runs_temp(path):
             continue
         found.add((name, path))
     return found

@@ -15,50 +15,15 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import launched
-from tests.leaks import image_daemons, loop_devices, mount_table, state_dirs
+from tests.leaks import mount_table
 from vmcraft import GuestMountError, VMCraft, VMCraftError
-from vmcraft.chroot import reaper
-from vmcraft.disks.statedir import STATE_ROOT
 from vmcraft.mount import syscalls
 from vmcraft.mount.mountinfo import read_mountinfo
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
-
-
-def own_snapshot(base: Path) -> dict[str, object]:
-    """tests/leaks.py's snapshot, less what other test runs on this machine hold.
-
-    Loop devices, image daemons and state directories are the machine's, not
-    the namespace's: only those of this process (its state directories, its
-    temporary files, its children) count.
-    """
-    mine = (f"{STATE_ROOT}/{os.getpid()}-", f"{base}/")
-    children = {p.pid for p in psutil.Process().children(recursive=True)}
-    return {
-        "mounts": mount_table(),
-        "loop devices": {d for d in loop_devices() if d[1].startswith(mine)},
-        "image daemons": image_daemons() & children,
-        "state directories": {d for d in state_dirs() if d.startswith(f"{os.getpid()}-")},
-    }
-
-
-@pytest.fixture(autouse=True)
-def no_leaks(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """integration/conftest.py's check, tolerant of other test runs on the machine."""
-    base = tmp_path_factory.getbasetemp()
-    before = own_snapshot(base)
-    yield
-    assert reaper.processes_rooted_in(tmp_path) == [], "a process still runs in the guest"
-    assert own_snapshot(base) == before
-
-
-@pytest.fixture
-def leak_check() -> None:
-    """Checked by no_leaks above."""
 
 
 REAL_MOUNT = syscalls.mount
