@@ -5,9 +5,9 @@ hardware and stops on KVM's (tests/e2e/test_vmware_guests_baseline.py shows
 both). Here a copy gets ``vmcraft fix-boot IMAGE`` with no options, in the
 sandbox; then ``vmcraft check`` finds nothing, a second run changes
 nothing, and the guest boots to ``login:`` on virtio-blk and on VMware's
-PVSCSI, under qemu (software emulation). ``REPAIRS`` is the set the
-repair works for today; the UEFI, LVM and tools guests are the next steps
-(see the issue).
+PVSCSI, under qemu (software emulation); the UEFI guest with fresh OVMF
+variables, as after a migration. ``REPAIRS`` is the set the repair works
+for today; the LVM and tools guests are the next steps (see the issue).
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from tests.fixtures.vmwareguest import (
     BIOS_GPT,
     OPEN_VM_TOOLS,
     SEPARATE_BOOT,
+    UEFI_NO_FALLBACK,
+    Firmware,
     GuestSpec,
+    esp_files,
     read_guest_file,
     vmware_guest_facts,
 )
@@ -37,6 +40,7 @@ OUTCOMES = {
     "initramfs shell": r"\(initramfs\)|ALERT!",
     "emergency mode": r"You are in emergency mode|Give root password for maintenance",
     "kernel panic": r"Kernel panic",
+    "UEFI shell": r"Shell> ",
 }
 BOOT_TIMEOUT = 420  # TCG on two shared cores: a boot takes 30-60 s, far more under load
 
@@ -44,6 +48,8 @@ BOOT_TIMEOUT = 420  # TCG on two shared cores: a boot takes 30-60 s, far more un
 REPAIRS: dict[GuestSpec, tuple[Hardware, ...]] = {
     BIOS_GPT: (KVM_VIRTIO_BLK, VMWARE_PVSCSI),
     SEPARATE_BOOT: (KVM_VIRTIO_BLK, VMWARE_PVSCSI),
+    # Booted with fresh OVMF variables: the NVRAM entry stayed behind.
+    UEFI_NO_FALLBACK: (KVM_VIRTIO_BLK, VMWARE_PVSCSI),
     OPEN_VM_TOOLS: (KVM_VIRTIO_SCSI,),
 }
 
@@ -59,8 +65,8 @@ def vmcraft(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# CI repairs (a) and (b); the whole set is `nox -s matrix` (pytest -m matrix).
-CI_REPAIRS = {BIOS_GPT, SEPARATE_BOOT}
+# CI repairs (a), (b) and (d); the whole set is `nox -s matrix` (pytest -m matrix).
+CI_REPAIRS = {BIOS_GPT, SEPARATE_BOOT, UEFI_NO_FALLBACK}
 
 
 @pytest.mark.parametrize(
@@ -78,7 +84,11 @@ def test_fix_boot_makes_a_vmware_guest_boot_on_kvm(spec: GuestSpec, tmp_path: Pa
         before = vmcraft("check", str(image), "--json")
         assert before.returncode == 1, before.stdout
         found = json.loads(before.stdout)["findings"]
-        assert {f["step"] for f in found} >= {"names", "drivers", "initramfs", "bootloader"}
+        expected = {"names", "drivers", "initramfs", "bootloader"}
+        uefi = spec.firmware is Firmware.UEFI
+        if uefi:
+            expected.add("uefi")
+        assert {f["step"] for f in found} >= expected
 
         done = vmcraft("fix-boot", str(image), "--json")
         assert done.returncode == 0, done.stderr
@@ -91,6 +101,9 @@ def test_fix_boot_makes_a_vmware_guest_boot_on_kvm(spec: GuestSpec, tmp_path: Pa
         fstab = read_guest_file(image, facts.root_partition, "/etc/fstab")
         assert f"UUID={facts.root_uuid}" in fstab
         assert "/dev/sda" not in fstab
+        if uefi:
+            assert "::/EFI/BOOT/BOOTX64.EFI" in esp_files(image)
+            assert report["uefi"]["rewrites"], report["uefi"]
         modules = read_guest_file(image, facts.root_partition, "/etc/initramfs-tools/modules")
         for driver in ("virtio_blk", "virtio_scsi", "virtio_pci", "virtio_net", "vmw_pvscsi"):
             assert driver in modules.split(), modules
@@ -103,7 +116,9 @@ def test_fix_boot_makes_a_vmware_guest_boot_on_kvm(spec: GuestSpec, tmp_path: Pa
         assert json.loads(again.stdout)["plan"] == [], "a second run changes nothing"
 
         for hardware in REPAIRS[spec]:
-            result = boot(image, "raw", OUTCOMES, timeout=BOOT_TIMEOUT, hardware=hardware)
+            result = boot(
+                image, "raw", OUTCOMES, timeout=BOOT_TIMEOUT, hardware=hardware, uefi=uefi
+            )
             assert result.outcome == "login", f"{hardware.name}:\n{result.tail(40)}"
     finally:
         image.unlink(missing_ok=True)

@@ -48,6 +48,7 @@ from vmcraft.fixers.layout import (
 )
 from vmcraft.fixers.names import NamesRepair
 from vmcraft.fixers.step import Device, Finding, Repair, RepairContext, Step
+from vmcraft.fixers.uefi import UefiFallbackRepair
 from vmcraft.handle import VMCraft
 from vmcraft.inspect.fstab import FstabEntry, local_filesystems, parse_fstab
 from vmcraft.inspect.osrelease import distro_name, parse_os_release
@@ -365,7 +366,11 @@ class BootFixer:
             self._repairs = default_repairs()
             if self.options.reinstall_grub:
                 command = self._grub_install_cmd(self.layout_or_fail())
-                self._repairs.append(GrubInstallRepair(command))
+                at = next(
+                    (i for i, r in enumerate(self._repairs) if r.step is Step.UEFI),
+                    len(self._repairs),
+                )
+                self._repairs.insert(at, GrubInstallRepair(command))
         return self._repairs
 
     def context(self, journal: Journal | None) -> RepairContext:
@@ -592,10 +597,17 @@ class BootFixer:
 def default_repairs() -> list[Repair]:
     """fix-boot's steps in the order they run (fresh per run: steps cache what they read).
 
-    grub-install, when asked, comes last.
+    grub-install, when asked, comes before the UEFI fallback loader, which
+    copies the loader grub-install writes.
     """
     drivers = DriversRepair()
-    return [NamesRepair(), drivers, InitramfsRepair(drivers), BootloaderRepair()]
+    return [
+        NamesRepair(),
+        drivers,
+        InitramfsRepair(drivers),
+        BootloaderRepair(),
+        UefiFallbackRepair(),
+    ]
 
 
 REPAIRS = tuple(step.step for step in default_repairs())

@@ -76,6 +76,8 @@ class Entry:
     mode: int | None
     backup: str | None
     """The copy's name inside the journal directory."""
+    directory: bool = False
+    """A directory the run made (``existed`` is then False): taken away again if empty."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,6 +170,27 @@ class Journal:
         entry = next(e for e in self.entries if e.path == path)
         replace_file(self.g, path, data, entry.mode)
 
+    def make_dirs(self, path: str, step: str) -> None:
+        """Make ``path`` and its missing parents, each noted so a rollback removes it again.
+
+        A new loader needs a new directory (``EFI/BOOT``); putting the guest
+        back as it was takes that away too.
+        """
+        missing = []
+        current = posixpath.normpath(path)
+        while current != "/" and not self.g.exists(current):
+            missing.append(current)
+            current = posixpath.dirname(current)
+        if not missing:
+            if not self.g.is_dir(path, followsymlinks=True):
+                raise JournalError(f"{path}: not a directory; vmcraft will not replace it")
+            return
+        self._ensure_directory()
+        for directory in reversed(missing):  # parents first, so they are restored last
+            self.entries.append(Entry(directory, step, False, None, None, None, directory=True))
+            self._save()
+            self.g.mkdir_p(directory)
+
     def remove(self, path: str, step: str) -> None:
         """Remove a guest file, keeping it first."""
         self.keep(path, step)
@@ -177,6 +200,10 @@ class Journal:
         """Entries whose file now differs from how it was."""
         out = []
         for entry in self.entries:
+            if entry.directory:
+                if self.g.is_dir(entry.path):
+                    out.append(entry)
+                continue
             now = self.g.read_file(entry.path) if self.g.is_file(entry.path) else None
             if (now is None) != (not entry.existed) or (
                 now is not None and _sha(now) != entry.sha256
@@ -216,7 +243,13 @@ class Journal:
 
 def _restore_entries(g: GuestFilesView, directory: str, entries: list[Entry]) -> Iterator[Restored]:
     for entry in reversed(entries):
-        if entry.existed:
+        if entry.directory:
+            if g.is_dir(entry.path) and not g.ls(entry.path):
+                g.rmdir(entry.path)
+                yield Restored(entry.path, entry.step, "removed")
+            elif g.exists(entry.path):
+                log.warning("journal.dir_left", path=entry.path, why="not empty")
+        elif entry.existed:
             assert entry.backup is not None  # noqa: S101 - existed implies a backup
             data = g.read_file(f"{directory}/{entry.backup}")
             if _sha(data) != entry.sha256:

@@ -80,6 +80,8 @@ class BootLayout:
     efi_vendor_cfg: str | None = None
     """The ESP's grub.cfg, when there is one."""
     efi_vendor_cfg_is_stub: bool = False
+    esp: str | None = None
+    """Where the guest mounts its EFI system partition (``/boot/efi``), on UEFI."""
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -195,6 +197,7 @@ def detect_layout(g: GuestView, distro: str, fstab_mounts: dict[str, str]) -> Bo
         arch=guest_arch(g, kernels),
         efi_vendor_cfg=vendor_cfg,
         efi_vendor_cfg_is_stub=stub,
+        esp=esp,
         notes=tuple(notes),
     )
 

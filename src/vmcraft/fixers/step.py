@@ -33,6 +33,7 @@ class Step(enum.StrEnum):
     INITRAMFS = "initramfs"
     BOOTLOADER = "bootloader"
     GRUB_INSTALL = "grub_install"
+    UEFI = "uefi"
 
     @property
     def phase(self) -> str:
