@@ -100,7 +100,10 @@ def test_a_ctrl_c_on_the_wakeup_fd_kills_the_command(
     assert time.monotonic() - start < 5
     assert watch.interrupted
     assert proc.returncode == -signal.SIGKILL
-    assert not kill_tree.called  # the caller's KeyboardInterrupt ends the rest
+    # Whether the watcher then ends leftovers too depends on which member of
+    # the group the kernel reaps first: either way the caller's
+    # KeyboardInterrupt ends the rest, and a daemon in a session of its own
+    # that still holds the output is ended by the watcher.
 
 
 def test_other_signals_on_the_wakeup_fd_leave_the_command_alone(
