@@ -52,3 +52,10 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "benchmarks/bench_chroot.py", *session.posargs)
     session.run("python", "benchmarks/bench_disks.py")
+
+
+@nox.session(name="bench-fixboot")
+def bench_fixboot(session: nox.Session) -> None:
+    """fix-boot of guest (a) beside its guest tools run bare, check, peak memory (needs root)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/bench_fixboot_vmware.py", *session.posargs)
