@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import writable_copy
 from tests.fixtures.uefidisk import UefiDisk, uefi_disk
-from vmcraft import VMCraft
-from vmcraft.fixers.fixboot import BootFixer, FixBootOptions
+from vmcraft import UnsupportedGuestError, VMCraft
+from vmcraft.fixers.fixboot import BootFixer, FixBootOptions, FixBootReport
 from vmcraft.mount.guest import kernel_supports
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
@@ -49,12 +49,17 @@ def test_esp_is_mounted_and_readable(image: Path, uefi: UefiDisk) -> None:
         assert f"search.fs_uuid {uefi.root_uuid} root" in stub
 
 
-def test_dry_run_plan_for_a_uefi_debian_guest_leaves_the_image_alone(image: Path) -> None:
-    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+def _dry_run(image: Path, *, reinstall_grub: bool) -> FixBootReport:
     with VMCraft() as g:
         g.add_drive_opts(image)
         g.launch()
-        report = BootFixer(g, FixBootOptions(dry_run=True, reinstall_grub=True)).run()
+        return BootFixer(g, FixBootOptions(dry_run=True, reinstall_grub=reinstall_grub)).run()
+
+
+@pytest.mark.skipif(not kernel_supports("vfat"), reason="the host kernel has no vfat")
+def test_dry_run_plan_for_a_uefi_debian_guest_leaves_the_image_alone(image: Path) -> None:
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    report = _dry_run(image, reinstall_grub=True)
     assert report.boot_mode == "uefi"
     assert report.family == "debian"
     assert [p.cmd for p in report.plan] == [
@@ -63,8 +68,25 @@ def test_dry_run_plan_for_a_uefi_debian_guest_leaves_the_image_alone(image: Path
         ("grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"),
     ]
     (esp,) = [m for m in report.mounted if m.mountpoint == "/boot/efi"]
-    assert esp.driver in ("kernel", "mtools")
+    assert esp.driver == "kernel"
     assert esp.readonly is True
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.skipif(kernel_supports("vfat"), reason="the host kernel has vfat: nothing is staged")
+def test_reinstall_grub_on_a_staged_esp_is_refused_up_front(image: Path) -> None:
+    """grub-install cannot run on the tmpfs a staged ESP is: said before anything changes."""
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    with pytest.raises(UnsupportedGuestError, match="needs a host kernel with the vfat"):
+        _dry_run(image, reinstall_grub=True)
+    report = _dry_run(image, reinstall_grub=False)
+    assert report.boot_mode == "uefi"
+    assert [p.cmd for p in report.plan] == [
+        ("update-initramfs", "-u", "-k", "all"),
+        ("update-grub",),
+    ]
+    (esp,) = [m for m in report.mounted if m.mountpoint == "/boot/efi"]
+    assert (esp.driver, esp.readonly) == ("mtools", True)
     assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
 
 

@@ -434,14 +434,20 @@ class BootFixer:
 
     def _grub_install_cmd(self, layout: BootLayout) -> tuple[str, ...] | None:
         if layout.boot_mode == "uefi":
-            esp = next(
-                (
-                    m.mountpoint
-                    for m in self.report.mounted
-                    if m.mountpoint in ("/boot/efi", "/efi")
-                ),
-                "/boot/efi",
+            mounted = next(
+                (m for m in self.report.mounted if m.mountpoint in ("/boot/efi", "/efi")), None
             )
+            if mounted is not None and mounted.driver == "mtools":
+                # grub-install refuses an EFI directory that is not on FAT
+                # ("failed to get canonical path of 'tmpfs'"), and the staged
+                # ESP is a tmpfs: say so before anything changes.
+                raise UnsupportedGuestError(
+                    "--reinstall-grub on a UEFI guest needs a host kernel with the vfat "
+                    "driver; this one has none, so the ESP is staged with mtools, where "
+                    "grub-install cannot run. Without --reinstall-grub, fix-boot gives the "
+                    "guest the fallback loader \\EFI\\BOOT\\BOOT<ARCH>.EFI instead"
+                )
+            esp = mounted.mountpoint if mounted is not None else "/boot/efi"
             # Never the host's NVRAM: no efivarfs is mounted, and --no-nvram.
             return (
                 layout.grub_install_tool,
