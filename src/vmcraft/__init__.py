@@ -25,6 +25,7 @@ from vmcraft.errors import (
     UnmountError,
     UnsafePathError,
     UnsupportedGuestError,
+    UsageError,
     VMCraftError,
 )
 from vmcraft.handle import VMCraft
@@ -64,6 +65,7 @@ __all__ = [
     "UnmountError",
     "UnsafePathError",
     "UnsupportedGuestError",
+    "UsageError",
     "VMCraft",
     "VMCraftError",
     "__version__",

@@ -33,9 +33,11 @@ from vmcraft import cleanup as cleanup_mod
 from vmcraft.demo.run import run_demo
 from vmcraft.errors import (
     ExitCode,
+    UsageError,
     VMCraftError,
     exit_code_for,
 )
+from vmcraft.fixers.batch import BatchResult, fix_boot_many
 from vmcraft.fixers.fixboot import (
     FixBootOptions,
     FixBootReport,
@@ -50,6 +52,7 @@ from vmcraft.fixers.layout import UnsupportedGuestError
 from vmcraft.guestfs.conformance import conformance_table
 from vmcraft.handle import VMCraft
 from vmcraft.sandbox.isolation import Isolation
+from vmcraft.signals import terminate_as_interrupt
 from vmcraft.version import package_version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
@@ -186,6 +189,10 @@ def _options(args: argparse.Namespace) -> FixBootOptions:
 
 
 def cmd_fix_boot(args: argparse.Namespace) -> int:
+    images: list[str] = args.image
+    if len(images) > 1 or args.jobs is not None or args.report_dir is not None:
+        return _fix_boot_many(args, images)
+    args.image = images[0]
     progress = Progress(sys.stderr, enabled=not args.json)
     if args.undo:
         report = undo(args.image, format=args.format, progress=progress, report_path=args.report)
@@ -211,6 +218,53 @@ def cmd_fix_boot(args: argparse.Namespace) -> int:
     else:
         print(render_report(report))
     return report.exit_code
+
+
+def _fix_boot_many(args: argparse.Namespace, images: list[str]) -> int:
+    """Many images: JSON Lines with --json, else a line per image and a summary table."""
+    if args.undo:
+        raise UsageError("--undo takes one image")
+    if args.report is not None:
+        raise UsageError("--report takes one image; use --report-dir with several")
+
+    def done(result: BatchResult) -> None:
+        if args.json:
+            sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+            sys.stdout.flush()
+        else:
+            state = "ok" if result.success else "FAILED"
+            why = f": {result.error}" if result.error and not result.success else ""
+            print(f"{state:<7} {result.image} ({result.seconds:.1f} s){why}", file=sys.stderr)
+
+    results = fix_boot_many(
+        images,
+        format=args.format,
+        options=_options(args),
+        jobs=args.jobs,
+        report_dir=args.report_dir,
+        on_done=done,
+    )
+    if not args.json:
+        print(render_batch(results))
+    failed = [r.exit_code for r in results if not r.success]
+    return max(*failed, EXIT_FAILED) if failed else EXIT_OK
+
+
+def render_batch(results: list[BatchResult]) -> str:
+    """The summary: one row per image, in the order given."""
+    width = max(len(r.image) for r in results)
+    lines = [f"{'image':<{width}}  result   seconds  what"]
+    for r in results:
+        what = r.error or ("nothing to change" if r.report and not _changed(r.report) else "")
+        state = "ok" if r.success else "FAILED"
+        lines.append(f"{r.image:<{width}}  {state:<7}  {r.seconds:7.1f}  {what}")
+    ok = sum(r.success for r in results)
+    lines.append(f"{ok} of {len(results)} images repaired")
+    return "\n".join(lines)
+
+
+def _changed(report: dict[str, Any]) -> bool:
+    return bool(report.get("plan"))
 
 
 def render_findings(report: FixBootReport) -> str:
@@ -349,37 +403,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vmcraft",
-        description="Repair offline VM disks with the guest's own boot tools.",
-        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def isolation_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--isolation",
+        choices=[i.value for i in Isolation],
+        default=Isolation.SANDBOX.value,
+        help="where guest commands run: a sandbox (default) or the enhanced chroot "
+        "with the host's /proc, /dev, /sys (docs/sandbox.md)",
     )
-    parser.add_argument("--version", action="version", version=f"vmcraft {package_version()}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log events")
-    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
-    def isolation_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--isolation",
-            choices=[i.value for i in Isolation],
-            default=Isolation.SANDBOX.value,
-            help="where guest commands run: a sandbox (default) or the enhanced chroot "
-            "with the host's /proc, /dev, /sys (docs/sandbox.md)",
-        )
 
-    def image_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("image", help="disk image (raw, qcow2, vmdk, vhdx, vpc...)")
-        p.add_argument("--format", help="image format (default: ask qemu-img)")
-
+def _fix_boot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fix = sub.add_parser(
         "fix-boot",
-        help="regenerate the initramfs and GRUB config",
-        description="Make a converted guest disk boot: regenerate its "
-        "initramfs and GRUB config with its own tools, and check the result.",
+        help="make converted guest disks boot on KVM",
+        description="Make converted guest disks boot on KVM: each step finds what "
+        "would break, repairs it with the guest's own tools, and checks the result. "
+        "Several images are repaired side by side, one process each (--jobs).",
     )
-    image_args(fix)
+    fix.add_argument("image", nargs="+", help="disk image(s) (raw, qcow2, vmdk, vhdx, vpc...)")
+    fix.add_argument("--format", help="image format (default: ask qemu-img)")
+    fix.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="images repaired at once (default: one per core)",
+    )
+    fix.add_argument(
+        "--report-dir",
+        type=Path,
+        help="write each image's JSON report here, as IMAGE-NAME.json",
+    )
     fix.add_argument("--update-grub", action="store_true", help="regenerate grub.cfg")
     fix.add_argument("--regen-initramfs", action="store_true", help="regenerate the initramfs")
     fix.add_argument(
@@ -406,6 +461,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     isolation_arg(fix)
     fix.set_defaults(func=cmd_fix_boot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmcraft",
+        description="Repair offline VM disks with the guest's own boot tools.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vmcraft {package_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log events")
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+
+    def image_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("image", help="disk image (raw, qcow2, vmdk, vhdx, vpc...)")
+        p.add_argument("--format", help="image format (default: ask qemu-img)")
+
+    _fix_boot_parser(sub)
 
     chk = sub.add_parser(
         "check",
@@ -497,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("'--' is only for 'vmcraft run IMAGE -- CMD ...'")
         args.command = [*args.command, *guest_command]
     configure_logging(args.verbose)
+    # `kill PID` ends a run as Ctrl-C does: guest tree ended, changes put back, disks released.
+    terminate_as_interrupt()
     func: Callable[[argparse.Namespace], int] = args.func
     with _interrupt_as_exit():
         try:

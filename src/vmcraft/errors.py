@@ -31,6 +31,10 @@ class VMCraftError(RuntimeError):
     """Base of every error vmcraft raises."""
 
 
+class UsageError(VMCraftError):
+    """A call or command line that cannot mean anything (``--undo`` with several images)."""
+
+
 class NotLaunchedError(VMCraftError):
     """A call needs a guest root, but the handle has none yet."""
 
@@ -208,6 +212,7 @@ class ExitCode(enum.IntEnum):
 # First match wins: subclasses before the classes they derive from.
 _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], ExitCode], ...] = (
     ((KeyboardInterrupt,), ExitCode.INTERRUPTED),
+    ((UsageError,), ExitCode.USAGE),
     ((NotRootError,), ExitCode.ROOT),
     ((UnsupportedGuestError,), ExitCode.GUEST),
     (

@@ -85,3 +85,19 @@ def _restore(previous: dict[int, _Handler], pending: list[int]) -> None:
             error = error or exc
     if error is not None:
         raise error
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM end this process the way Ctrl-C does: everything put back and released.
+
+    Without a handler, ``kill PID`` ends a vmcraft process on the spot, with
+    its disks attached and its mounts in place. For the ``vmcraft`` command
+    and batch children only: a library leaves the caller's signals alone.
+    Only the main thread can install it; elsewhere this does nothing.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
