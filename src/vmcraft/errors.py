@@ -126,6 +126,10 @@ class SandboxUnavailableError(VMCraftError):
     its syscall filter does not know, a mount it will not give a guest)."""
 
 
+class NicPinError(VMCraftError):
+    """A ``--nic NAME=MAC`` pin that names no interface or no NIC's address, or one twice."""
+
+
 class DriveError(VMCraftError):
     """An image cannot be added or attached."""
 
@@ -208,6 +212,7 @@ class ExitCode(enum.IntEnum):
 # First match wins: subclasses before the classes they derive from.
 _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], ExitCode], ...] = (
     ((KeyboardInterrupt,), ExitCode.INTERRUPTED),
+    ((NicPinError,), ExitCode.USAGE),
     ((NotRootError,), ExitCode.ROOT),
     ((UnsupportedGuestError,), ExitCode.GUEST),
     (
