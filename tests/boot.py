@@ -54,6 +54,8 @@ class Hardware:
     """The NIC's qemu device model."""
     nic_slot: int
     """The NIC's PCI slot: it names the NIC in the guest (slot 0x10: ``ens16``)."""
+    nic_mac: str | None = None
+    """The NIC's MAC address; None: qemu's default (52:54:00:12:34:56 for the first NIC)."""
 
     @property
     def ovmf_reads_disk(self) -> bool:
@@ -120,7 +122,8 @@ def hardware_argv(
             "-netdev",
             "user,id=net0,restrict=on,net=10.0.2.0/24",
             "-device",
-            f"{hardware.nic},netdev=net0,addr={hardware.nic_slot:#x}",
+            f"{hardware.nic},netdev=net0,addr={hardware.nic_slot:#x}"
+            + (f",mac={hardware.nic_mac}" if hardware.nic_mac else ""),
         ]
     else:
         nic = ["-nic", "none"]

@@ -33,6 +33,7 @@ from vmcraft import cleanup as cleanup_mod
 from vmcraft.demo.run import run_demo
 from vmcraft.errors import (
     ExitCode,
+    NicPinError,
     UsageError,
     VMCraftError,
     exit_code_for,
@@ -49,6 +50,7 @@ from vmcraft.fixers.fixboot import (
     check as check_image,
 )
 from vmcraft.fixers.layout import UnsupportedGuestError
+from vmcraft.fixers.network import NicPin, check_pins
 from vmcraft.guestfs.conformance import conformance_table
 from vmcraft.handle import VMCraft
 from vmcraft.sandbox.isolation import Isolation
@@ -185,7 +187,27 @@ def _options(args: argparse.Namespace) -> FixBootOptions:
         timeout=args.timeout,
         skip=frozenset(Step(name) for name in args.skip),
         isolation=Isolation(args.isolation),
+        nics=tuple(args.nic),
     )
+
+
+class _NicAction(argparse.Action):
+    """``--nic NAME=MAC``, repeatable: each pin checked as it is read (a usage error, exit 2)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        pins = list(getattr(namespace, self.dest, None) or [])
+        try:
+            pins.append(NicPin.parse(str(values)))
+            check_pins(pins)
+        except NicPinError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        setattr(namespace, self.dest, pins)
 
 
 def cmd_fix_boot(args: argparse.Namespace) -> int:
@@ -453,6 +475,14 @@ def _fix_boot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         choices=[step.value for step in Step],
         metavar="STEP",
         help=f"do not run this step (repeatable): {', '.join(s.value for s in Step)}",
+    )
+    fix.add_argument(
+        "--nic",
+        action=_NicAction,
+        default=[],
+        metavar="NAME=MAC",
+        help="the NIC that has MAC on KVM keeps the name NAME, which the guest's network "
+        "configuration uses (repeatable; a systemd .link file or a udev rule)",
     )
     fix.add_argument(
         "--undo",

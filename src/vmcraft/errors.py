@@ -130,6 +130,10 @@ class SandboxUnavailableError(VMCraftError):
     its syscall filter does not know, a mount it will not give a guest)."""
 
 
+class NicPinError(UsageError):
+    """A ``--nic NAME=MAC`` pin that names no interface or no NIC's address, or one twice."""
+
+
 class DriveError(VMCraftError):
     """An image cannot be added or attached."""
 

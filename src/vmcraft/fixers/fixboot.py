@@ -47,6 +47,7 @@ from vmcraft.fixers.layout import (
     detect_layout,
 )
 from vmcraft.fixers.names import NamesRepair
+from vmcraft.fixers.network import NetworkRepair, NicPin, check_pins
 from vmcraft.fixers.step import Device, Finding, Repair, RepairContext, Step
 from vmcraft.fixers.uefi import UefiFallbackRepair
 from vmcraft.handle import VMCraft
@@ -93,6 +94,12 @@ class FixBootOptions:
     """Steps not to run, by name."""
     isolation: Isolation | None = None
     """Where guest commands run; None: the sandbox on disk images (docs/sandbox.md)."""
+    nics: tuple[NicPin, ...] = ()
+    """``--nic NAME=MAC``: the NIC with MAC on KVM keeps NAME (the network step)."""
+
+    def __post_init__(self) -> None:
+        # A name or an address given twice stops the run before the image is opened.
+        check_pins(self.nics)
 
     def forced(self, step: Step) -> bool | None:
         """True: run the step even with nothing found; False: never; None: when needed."""
@@ -363,7 +370,7 @@ class BootFixer:
     def repairs(self) -> list[Repair]:
         """The steps of this run, in order (see ``REPAIRS``)."""
         if self._repairs is None:
-            self._repairs = default_repairs()
+            self._repairs = default_repairs(self.options.nics)
             if self.options.reinstall_grub:
                 command = self._grub_install_cmd(self.layout_or_fail())
                 at = next(
@@ -600,9 +607,10 @@ class BootFixer:
         return names
 
 
-def default_repairs() -> list[Repair]:
+def default_repairs(nics: tuple[NicPin, ...] = ()) -> list[Repair]:
     """fix-boot's steps in the order they run (fresh per run: steps cache what they read).
 
+    The network step comes before the initramfs, which copies its files;
     grub-install, when asked, comes before the UEFI fallback loader, which
     copies the loader grub-install writes.
     """
@@ -610,6 +618,7 @@ def default_repairs() -> list[Repair]:
     return [
         NamesRepair(),
         drivers,
+        NetworkRepair(nics),
         InitramfsRepair(drivers),
         BootloaderRepair(),
         UefiFallbackRepair(),
