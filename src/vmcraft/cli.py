@@ -1,4 +1,4 @@
-"""The ``vmcraft`` command line: fix-boot, inspect, run, cleanup, demo.
+"""The ``vmcraft`` command line: fix-boot, check, inspect, run, cleanup, demo, doctor.
 
 Exit codes (also in ``vmcraft --help``):
 
@@ -11,7 +11,8 @@ Exit codes (also in ``vmcraft --help``):
   6  host problem: a missing tool, no loop device, a mount that failed
   130 interrupted (Ctrl-C); everything attached was released first
 
-``vmcraft run`` exits with the guest command's own status when it fails.
+``vmcraft run`` exits with the guest command's own status when it fails;
+``vmcraft doctor`` exits 4 or 6 when vmcraft cannot work on this host at all.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import structlog
 
 from vmcraft import cleanup as cleanup_mod
 from vmcraft.demo.run import run_demo
+from vmcraft.doctor import check_host
 from vmcraft.errors import (
     ExitCode,
+    HostFeatureError,
     NicPinError,
     UsageError,
     VMCraftError,
@@ -67,6 +70,9 @@ EXIT_INPUT, EXIT_ROOT, EXIT_GUEST, EXIT_HOST = (
 EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 __all__ = ["exit_code_for", "main"]
+
+DOCTOR_HINT = "vmcraft: run `vmcraft doctor` to see what this host offers"
+"""Printed after an error that a missing host tool, device or kernel feature caused."""
 
 
 # -- output ------------------------------------------------------------------
@@ -237,6 +243,8 @@ def cmd_fix_boot(args: argparse.Namespace) -> int:
         emit(report.to_dict())
         if report.error:
             print(f"vmcraft fix-boot: {report.error}", file=sys.stderr)
+            if report.host_feature_missing:
+                print(DOCTOR_HINT, file=sys.stderr)
     else:
         print(render_report(report))
     return report.exit_code
@@ -416,6 +424,15 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    report = check_host()
+    if args.json:
+        emit(report.to_dict())
+    else:
+        print(report.to_text())
+    return report.exit_code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         args, progress=Progress(sys.stderr, enabled=not args.json), render=render_report, emit=emit
@@ -423,6 +440,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------
+
+
+def add_doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``vmcraft doctor``: outside build_parser, which holds every other command's."""
+    doctor = sub.add_parser(
+        "doctor",
+        help="what this host offers vmcraft, and what vmcraft does without the rest",
+        description="Probe this host (root, loop, FUSE, qemu-storage-daemon, nbd, "
+        "device-mapper, vfat, the sandbox, namespaces, test tools) without changing it; "
+        "exits 4 (not root) or 6 (a required feature missing) when vmcraft cannot work here.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=cmd_doctor)
 
 
 def isolation_arg(p: argparse.ArgumentParser) -> None:
@@ -572,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
+    add_doctor_parser(sub)
+
     conf = sub.add_parser("conformance", help="the libguestfs conformance table (Markdown)")
     conf.set_defaults(func=cmd_conformance)
     return parser
@@ -608,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return func(args)
         except VMCraftError as exc:
             print(f"vmcraft {args.subcommand}: {exc}", file=sys.stderr)
+            if isinstance(exc, HostFeatureError):
+                print(DOCTOR_HINT, file=sys.stderr)
             return exit_code_for(exc)
 
 

@@ -43,7 +43,17 @@ class NotRootError(VMCraftError):
     """The operation mounts or chroots, and only root may do that."""
 
 
-class HostToolMissingError(VMCraftError):
+class HostFeatureError(VMCraftError):
+    """Base of the errors a host without some tool, device or kernel feature causes.
+
+    The CLI tells the user to run ``vmcraft doctor`` after these, and only
+    these: doctor lists what the host offers and what vmcraft does without
+    each thing, which the one failing call cannot say. Recognised by type
+    (a class may derive from it beside its own base), never by message.
+    """
+
+
+class HostToolMissingError(HostFeatureError):
     """A program vmcraft runs on the host is not installed."""
 
     def __init__(self, tool: str, package: str | None = None) -> None:
@@ -125,7 +135,7 @@ class NoSpaceError(VMCraftError):
     """The guest has no room for what a repair would write; nothing was changed."""
 
 
-class SandboxUnavailableError(VMCraftError):
+class SandboxUnavailableError(HostFeatureError):
     """The sandbox cannot run this command on this host (a missing tool, an architecture
     its syscall filter does not know, a mount it will not give a guest)."""
 
@@ -138,12 +148,22 @@ class DriveError(VMCraftError):
     """An image cannot be added or attached."""
 
 
+class HostDeviceError(DriveError, HostFeatureError):
+    """A device the host must provide is missing or refused: /dev/loop-control, a free
+    loop or nbd device, /dev/fuse, device-mapper's control node."""
+
+
 class ImageNotFoundError(DriveError):
     """The image file does not exist or cannot be read."""
 
 
 class ImageFormatError(DriveError):
     """The image's format is unknown, corrupt, unsupported or unsafe to open."""
+
+
+class HostUnsupportedGuestError(UnsupportedGuestError, HostFeatureError):
+    """This guest needs something of this host that it lacks (``--reinstall-grub`` on a
+    UEFI guest needs vfat); the exit status stays that of an unsupported guest."""
 
 
 class UnknownDeviceError(VMCraftError):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmcraft.errors import DriveError
+from vmcraft.errors import DriveError, HostDeviceError
 from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
@@ -242,13 +242,13 @@ def _configure_free_device(config: _LoopConfig, readonly: bool) -> tuple[int, in
     try:
         control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        raise DriveError(f"cannot open /dev/loop-control: {exc.strerror}") from exc
+        raise HostDeviceError(f"cannot open /dev/loop-control: {exc.strerror}") from exc
     try:
         for _ in range(32):
             try:
                 number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
             except OSError as exc:
-                raise DriveError(f"no free loop device: {exc.strerror}") from exc
+                raise HostDeviceError(f"no free loop device: {exc.strerror}") from exc
             try:
                 fd = os.open(
                     f"/dev/loop{number}",
@@ -272,7 +272,7 @@ def _configure_free_device(config: _LoopConfig, readonly: bool) -> tuple[int, in
             return number, fd
     finally:
         os.close(control)
-    raise DriveError("no free loop device could be configured")
+    raise HostDeviceError("no free loop device could be configured")
 
 
 def _scan_partitions(loop: LoopDevice) -> None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcraft.errors import DriveError, ImageFormatError, last_line
+from vmcraft.errors import DriveError, HostDeviceError, ImageFormatError, last_line
 from vmcraft.host import host_tool, run_tool
 from vmcraft.log import get_logger
 
@@ -29,7 +29,7 @@ def _free_device() -> Path:
     for sysdir in sorted(glob.glob("/sys/block/nbd*"), key=lambda p: int(p[14:])):
         if not os.path.exists(f"{sysdir}/pid"):
             return Path("/dev") / os.path.basename(sysdir)
-    raise DriveError("no free nbd device")
+    raise HostDeviceError("no free nbd device")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcraft.errors import DriveError, ImageFormatError, last_line
+from vmcraft.errors import HostDeviceError, ImageFormatError, last_line
 from vmcraft.host import host_tool
 from vmcraft.log import get_logger
 from vmcraft.mount import syscalls
@@ -63,7 +63,7 @@ def start_export(image: Path, fmt: str, export: Path, *, readonly: bool) -> Stor
     """Start a daemon exporting ``image`` as the raw file ``export``."""
     tool = host_tool("qemu-storage-daemon", "qemu-system-common")
     if not os.path.exists("/dev/fuse"):
-        raise DriveError(f"/dev/fuse is missing: cannot attach {fmt} images on this host")
+        raise HostDeviceError(f"/dev/fuse is missing: cannot attach {fmt} images on this host")
     export.touch(mode=0o600)
     pidfile = export.with_suffix(".pid")
     errors = export.with_suffix(".log")

@@ -31,6 +31,8 @@ from vmcraft.disks.names import dm_name
 from vmcraft.errors import (
     DirtyFilesystemError,
     GuestFileError,
+    HostFeatureError,
+    HostUnsupportedGuestError,
     NoSpaceError,
     VMCraftError,
     exit_code_for,
@@ -211,11 +213,16 @@ class FixBootReport:
 
     _error_exit: int = field(default=0, repr=False)
 
+    host_feature_missing: bool = field(default=False, repr=False, compare=False)
+    """The error came from something this host lacks (a :class:`HostFeatureError`):
+    the CLI then points at ``vmcraft doctor``. Not in the JSON report."""
+
     def fail(self, error: BaseException) -> None:
         """Record why the run stopped: the message, its type and the exit code it maps to."""
         self.error = str(error) or type(error).__name__
         self.error_type = type(error).__name__
         self._error_exit = exit_code_for(error)
+        self.host_feature_missing = isinstance(error, HostFeatureError)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -448,7 +455,7 @@ class BootFixer:
                 # grub-install refuses an EFI directory that is not on FAT
                 # ("failed to get canonical path of 'tmpfs'"), and the staged
                 # ESP is a tmpfs: say so before anything changes.
-                raise UnsupportedGuestError(
+                raise HostUnsupportedGuestError(
                     "--reinstall-grub on a UEFI guest needs a host kernel with the vfat "
                     "driver; this one has none, so the ESP is staged with mtools, where "
                     "grub-install cannot run. Without --reinstall-grub, fix-boot gives the "

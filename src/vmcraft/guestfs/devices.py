@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from vmcraft.disks import fsstate, lvm
-from vmcraft.errors import VMCraftError, last_line
+from vmcraft.errors import HostDeviceError, VMCraftError, last_line
 from vmcraft.guestfs.base import DIFFERS, EXTENSION, IMPLEMENTED, Conformance, HandleState
 from vmcraft.host import host_tool, run_tool
 
@@ -152,7 +152,7 @@ class DeviceCalls(HandleState):
         if disks.ids.get(disks.table.canonical(device), {}).get("TYPE") != "crypto_LUKS":
             raise VMCraftError(f"cryptsetup_open: {device}: not a LUKS device")
         if not lvm.device_mapper_available():
-            raise VMCraftError(
+            raise HostDeviceError(
                 f"cryptsetup_open: {device}: this host has no device-mapper, "
                 "which opening a LUKS device needs"
             )
