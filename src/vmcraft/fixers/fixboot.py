@@ -46,6 +46,7 @@ from vmcraft.fixers.layout import (
     boot_mountpoints,
     detect_layout,
 )
+from vmcraft.fixers.lvm import LvmRepair
 from vmcraft.fixers.names import NamesRepair
 from vmcraft.fixers.step import Device, Finding, Repair, RepairContext, Step
 from vmcraft.fixers.uefi import UefiFallbackRepair
@@ -604,6 +605,7 @@ def default_repairs() -> list[Repair]:
     return [
         NamesRepair(),
         drivers,
+        LvmRepair(),
         InitramfsRepair(drivers),
         BootloaderRepair(),
         UefiFallbackRepair(),

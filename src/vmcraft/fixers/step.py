@@ -30,6 +30,7 @@ class Step(enum.StrEnum):
 
     NAMES = "names"
     DRIVERS = "drivers"
+    LVM = "lvm"
     INITRAMFS = "initramfs"
     BOOTLOADER = "bootloader"
     GRUB_INSTALL = "grub_install"
