@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vmcraft.fixers.bootloader.grub import LVM_DROPIN, check_grub_cfg
+from vmcraft.fixers.bootloader.grub import LVM_DROPIN, check_grub_cfg, lvm_root_dropin
 from vmcraft.fixers.fixboot import REPAIRS
 from vmcraft.fixers.initramfs import InitramfsRepair
 from vmcraft.fixers.journal import Journal
@@ -407,3 +408,60 @@ def test_a_grub_cfg_reaching_the_root_through_a_host_loop_device_fails() -> None
     for line in ("\tloopback loop1 /loop0p2\n", "\tset root=(loop1)\n"):
         cfg = fixed.replace("\tinsmod ext2\n", f"\tinsmod ext2\n{line}")
         assert not all(c.ok for c in check_grub_cfg(cfg, LAYOUT.kernels, lvm_names=set()))
+
+
+# -- what grub-mkconfig is told about an LV root ------------------------------------
+
+
+@dataclass(frozen=True)
+class _Mount:
+    device: str
+    mountpoint: str
+
+
+class _Guest:
+    """The calls lvm_root_dropin makes: the guest's mounts and its grub-mkconfig."""
+
+    def __init__(self, mounts: list[tuple[str, str]], mkconfig: bytes) -> None:
+        self.mounts = [_Mount(d, m) for d, m in mounts]
+        self.mkconfig = mkconfig
+
+    def guest_mounts(self) -> list[_Mount]:
+        return self.mounts
+
+    def is_file(self, path: str, followsymlinks: bool = False) -> bool:
+        return path == "/usr/sbin/grub-mkconfig"
+
+    def read_file(self, path: str) -> bytes:
+        return self.mkconfig
+
+
+DEBIAN_MKCONFIG = b'for x in ${sysconfdir}/default/grub.d/*.cfg ; do\n  . "${x}"\ndone\n'
+LVS = {"/dev/vmware-guest-vg/root", "/dev/mapper/vmware--guest--vg-root"}
+
+
+def dropin_for(mounts: list[tuple[str, str]], mkconfig: bytes = DEBIAN_MKCONFIG) -> str | None:
+    guest: Any = _Guest(mounts, mkconfig)
+    ctx = RepairContext(g=guest, layout=LAYOUT, fstab=[], devices={}, lvm_names=LVS)
+    return lvm_root_dropin(ctx)
+
+
+def test_an_lv_root_is_named_for_grub_mkconfig_as_a_device_mapper_host_names_it() -> None:
+    text = dropin_for([("/dev/vmware-guest-vg/root", "/"), ("/dev/sda2", "/boot")])
+    assert text is not None
+    assert [ln for ln in text.splitlines() if not ln.startswith("#")] == [
+        "GRUB_DEVICE=/dev/mapper/vmware--guest--vg-root",
+        "GRUB_DEVICE_UUID=",
+        "GRUB_DEVICE_PARTUUID=",
+    ]
+
+
+def test_a_boot_on_the_root_lv_is_named_too() -> None:
+    text = dropin_for([("/dev/vmware-guest-vg/root", "/")])
+    assert text is not None
+    assert "GRUB_DEVICE_BOOT=/dev/mapper/vmware--guest--vg-root" in text.splitlines()
+
+
+def test_no_drop_in_without_an_lv_or_for_a_grub_mkconfig_that_does_not_read_grub_d() -> None:
+    assert dropin_for([("/dev/sda3", "/"), ("/dev/sda2", "/boot")]) is None
+    assert dropin_for([("/dev/vmware-guest-vg/root", "/")], mkconfig=b"# no drop-ins\n") is None
