@@ -34,6 +34,7 @@ from tests.conftest import writable_copy
 from tests.fixtures.vmwareguest import (
     ALL_SPECS,
     BIOS_GPT,
+    LVM_ROOT,
     NIC_REPORT_PREFIX,
     OPEN_VM_TOOLS,
     SEPARATE_BOOT,
@@ -47,8 +48,10 @@ from tests.fixtures.vmwareguest import (
     disk_build_argv,
     esp_files,
     list_guest_dir,
+    list_root_dir,
     partition_offset,
     read_guest_file,
+    read_root_file,
     vmware_guest_facts,
 )
 
@@ -95,6 +98,7 @@ def _root_missing(device: str) -> str:
     return rf"ALERT! +{device} does not exist\. +Dropping to a shell!"
 
 
+LVM_ROOT_NAME = "/dev/mapper/vmware--guest--vg-root"
 NO_UEFI_LOADER = r'BdsDxe: failed to load Boot\d+ "UEFI [^"]*" from .*: Not Found'
 BOOTS = [
     Boot(BIOS_GPT, VMWARE_PVSCSI, "login", r"Command line: .* root=/dev/sda2 "),
@@ -102,6 +106,9 @@ BOOTS = [
     Boot(BIOS_GPT, KVM_VIRTIO_SCSI, "initramfs shell", _root_missing("/dev/sda2")),
     Boot(SEPARATE_BOOT, VMWARE_PVSCSI, "login", r"Command line: .* root=/dev/sda3 "),
     Boot(SEPARATE_BOOT, KVM_VIRTIO_BLK, "initramfs shell", _root_missing("/dev/sda3")),
+    Boot(LVM_ROOT, VMWARE_PVSCSI, "login", rf"Command line: .* root={LVM_ROOT_NAME} "),
+    # No virtio driver in the initrd, and the filter would reject /dev/vda3 anyway.
+    Boot(LVM_ROOT, KVM_VIRTIO_BLK, "initramfs shell", _root_missing(LVM_ROOT_NAME)),
     # Fresh NVRAM (as after any move): the loader it named is not looked for.
     Boot(UEFI_NO_FALLBACK, VMWARE_PVSCSI, "UEFI shell", NO_UEFI_LOADER),
     Boot(UEFI_NO_FALLBACK, KVM_VIRTIO_BLK, "UEFI shell", NO_UEFI_LOADER),
@@ -263,13 +270,21 @@ def _initrd_modules(facts: GuestFacts) -> set[str]:
 def test_guest_is_shaped_like_vmware(spec: GuestSpec) -> None:
     facts = vmware_guest_facts(spec)
     raw, root = facts.raw, facts.root_partition
+    lvm = spec.lvm_filter is not None
 
     def etc(path: str) -> str:
-        return read_guest_file(raw, root, path)
+        return read_root_file(facts, path)
 
     fstab = [ln.split() for ln in etc("/etc/fstab").splitlines() if ln and ln[0] != "#"]
     mounts = {fields[1]: fields[0] for fields in fstab}
-    assert mounts["/"] == facts.root_device == ("/dev/sda3" if spec.separate_boot else "/dev/sda2")
+    expected_root = LVM_ROOT_NAME if lvm else "/dev/sda3" if spec.separate_boot else "/dev/sda2"
+    assert mounts["/"] == facts.root_device == expected_root
+    if lvm:
+        conf = etc("/etc/lvm/lvm.conf")
+        assert re.search(r"^devices \{\n\tfilter = " + re.escape(str(spec.lvm_filter)), conf, re.M)
+        assert (facts.vg, facts.lv) == ("vmware-guest-vg", "root")
+        # The builder's own LVM left nothing of this host's in the guest.
+        assert "devices" not in list_root_dir(facts, "/etc/lvm")
     if spec.separate_boot:
         assert mounts["/boot"] == "/dev/sda2"
     if spec.firmware is Firmware.UEFI:
@@ -278,7 +293,7 @@ def test_guest_is_shaped_like_vmware(spec: GuestSpec) -> None:
     assert re.search(r"^MODULES=dep$", etc("/etc/initramfs-tools/initramfs.conf"), re.M)
     listed = etc("/etc/initramfs-tools/modules").splitlines()
     assert [ln for ln in listed if ln.strip() and not ln.startswith("#")] == []
-    assert list_guest_dir(raw, root, "/dev") == []
+    assert list_root_dir(facts, "/dev") == []
 
     grub_part, grub_dir = (2, "/grub") if spec.separate_boot else (root, "/boot/grub")
     lines = _kernel_lines(read_guest_file(raw, grub_part, f"{grub_dir}/grub.cfg"))
@@ -291,14 +306,15 @@ def test_guest_is_shaped_like_vmware(spec: GuestSpec) -> None:
 
     modules = _initrd_modules(facts)
     assert {"vmw_pvscsi", "mptsas", "mptspi", "vmxnet3", "sd_mod", "ext4"} <= modules
+    assert ("dm-mod" in modules) == lvm
     assert not modules & {"virtio_blk", "virtio_scsi", "virtio_pci", "virtio_net"}
 
     if spec.firmware is Firmware.UEFI:
         files = esp_files(raw)
         assert "::/EFI/debian/grubx64.efi" in files
         assert not [f for f in files if f.upper().startswith("::/EFI/BOOT")], files
-        assert list_guest_dir(raw, root, "/boot/efi") == []
-    wants = list_guest_dir(raw, root, "/etc/systemd/system/multi-user.target.wants")
+        assert list_root_dir(facts, "/boot/efi") == []
+    wants = list_root_dir(facts, "/etc/systemd/system/multi-user.target.wants")
     assert ("open-vm-tools.service" in wants) == ("open-vm-tools" in spec.packages)
     if spec.nic_name:
         network = etc(f"/etc/systemd/network/10-{spec.nic_name}.network")

@@ -219,6 +219,7 @@ def test_the_step_order_puts_network_before_the_initramfs_that_copies_it() -> No
     assert REPAIRS == (
         Step.NAMES,
         Step.DRIVERS,
+        Step.LVM,
         Step.NETWORK,
         Step.INITRAMFS,
         Step.BOOTLOADER,

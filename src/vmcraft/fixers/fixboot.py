@@ -48,6 +48,7 @@ from vmcraft.fixers.layout import (
     boot_mountpoints,
     detect_layout,
 )
+from vmcraft.fixers.lvm import LvmRepair
 from vmcraft.fixers.names import NamesRepair
 from vmcraft.fixers.network import NetworkRepair, NicPin, check_pins
 from vmcraft.fixers.step import Device, Finding, Repair, RepairContext, Step
@@ -625,6 +626,7 @@ def default_repairs(nics: tuple[NicPin, ...] = ()) -> list[Repair]:
     return [
         NamesRepair(),
         drivers,
+        LvmRepair(),
         NetworkRepair(nics),
         InitramfsRepair(drivers),
         BootloaderRepair(),

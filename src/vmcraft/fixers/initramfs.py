@@ -69,7 +69,7 @@ class InitramfsRepair:
     step = Step.INITRAMFS
 
     # Steps whose files an initramfs copies.
-    COPIED_FROM = frozenset({Step.NAMES, Step.DRIVERS, Step.NETWORK})
+    COPIED_FROM = frozenset({Step.NAMES, Step.DRIVERS, Step.LVM, Step.NETWORK})
 
     def __init__(self, drivers: DriversRepair | None = None) -> None:
         self.drivers = drivers or DriversRepair()

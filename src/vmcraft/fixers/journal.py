@@ -191,6 +191,30 @@ class Journal:
             self._save()
             self.g.mkdir_p(directory)
 
+    def discard(self, path: str) -> None:
+        """Take away a file this run added, and the directories made for it, as if never written.
+
+        For a file a guest command needs only while it runs (a grub.d
+        drop-in): afterwards neither the guest nor the journal holds a trace
+        of it, so a run that changed nothing else still changes nothing.
+        """
+        entry = next((e for e in self.entries if e.path == path), None)
+        if entry is None:
+            return
+        if entry.existed:
+            raise JournalError(
+                f"{path}: was in the guest before this run; it is kept, not discarded"
+            )
+        self.g.rm_f(path)
+        self.entries.remove(entry)
+        parent = posixpath.dirname(path)
+        made = {e.path: e for e in self.entries if e.directory}
+        while parent in made and self.g.is_dir(parent) and not self.g.ls(parent):
+            self.g.rmdir(parent)
+            self.entries.remove(made[parent])
+            parent = posixpath.dirname(parent)
+        self._save()
+
     def remove(self, path: str, step: str) -> None:
         """Remove a guest file, keeping it first."""
         self.keep(path, step)
@@ -224,7 +248,7 @@ class Journal:
 
     def finish(self) -> None:
         """Keep the journal only if the run changed something."""
-        if self.entries and not self.changed():
+        if not self.changed():
             self._drop()
 
     def _drop(self) -> None:

@@ -30,6 +30,7 @@ class Step(enum.StrEnum):
 
     NAMES = "names"
     DRIVERS = "drivers"
+    LVM = "lvm"
     NETWORK = "network"
     INITRAMFS = "initramfs"
     BOOTLOADER = "bootloader"

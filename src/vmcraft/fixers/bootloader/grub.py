@@ -14,6 +14,8 @@ import posixpath
 import re
 from collections.abc import Iterable, Sequence
 
+from vmcraft.disks.names import dm_name
+from vmcraft.errors import GuestFileError
 from vmcraft.fixers.attempts import GRUB_COMMANDS, GuestHandle, is_grub_command, run_guest_command
 from vmcraft.fixers.step import Finding, RepairContext, Step
 from vmcraft.report import Attempt, Check, StepReport
@@ -52,6 +54,10 @@ _STABLE_ROOT = re.compile(r"^(UUID=|PARTUUID=|LABEL=|PARTLABEL=|ZFS=|/dev/mapper
 # Names that only exist on the host that ran the tool.
 _HOST_ONLY = re.compile(r"^/dev/(loop|nbd|dm-|ram|zram)")
 _LVM_PATH = re.compile(r"^/dev/[^/]+/[^/]+$")
+# Anywhere in grub.cfg: GRUB told to reach its files through a host's loop
+# device (Debian's grub-mkconfig_lib writes `loopback loop1 /loop0p2` when
+# / or /boot is on one), or a host device named at all (menu entry ids too).
+_HOST_ONLY_TEXT = re.compile(r"\bloopback\b|\(loop[0-9]|/dev/(?:loop|nbd|dm-|zram)[0-9]")
 
 
 def root_argument(line: str) -> str | None:
@@ -61,6 +67,12 @@ def root_argument(line: str) -> str | None:
     return None
 
 
+def _without_kernel_root(line: str) -> str:
+    if not line.startswith(("linux", "linux16", "linuxefi")):
+        return line
+    return " ".join(w for w in line.split() if not w.startswith("root="))
+
+
 def check_grub_cfg(text: str, kernels: tuple[str, ...], *, lvm_names: set[str]) -> list[Check]:
     """Does this grub.cfg boot every installed kernel, by a name the VM will have?"""
     checks = []
@@ -68,6 +80,14 @@ def check_grub_cfg(text: str, kernels: tuple[str, ...], *, lvm_names: set[str]) 
     checks.append(
         Check("grub.cfg is not empty", any(ln and not ln.startswith("#") for ln in lines))
     )
+    # A kernel line's root= has a check of its own, below.
+    host = [
+        ln
+        for ln in lines
+        if not ln.startswith("#") and _HOST_ONLY_TEXT.search(_without_kernel_root(ln))
+    ]
+    if host:
+        checks.append(Check("grub.cfg names no host-only device", False, host[0]))
     if any(ln.startswith("blscfg") for ln in lines):
         checks.append(Check("grub.cfg uses BootLoaderSpec entries", True, "entries are checked"))
         return checks
@@ -119,6 +139,74 @@ def check_bls_entries(
     return checks
 
 
+# -- an LVM root on a host without device-mapper -----------------------------
+
+MKCONFIGS = ("/usr/sbin/grub-mkconfig", "/usr/sbin/grub2-mkconfig")
+LVM_DROPIN = "/etc/default/grub.d/zz-vmcraft-lvm.cfg"
+"""Sourced by Debian's grub-mkconfig after /etc/default/grub, for one run only."""
+
+
+def _dm_device(ctx: RepairContext, mountpoint: str) -> str | None:
+    """The device-mapper name of the LV mounted at ``mountpoint``, or None (not an LV)."""
+    for mount in ctx.g.guest_mounts():
+        if mount.mountpoint != mountpoint:
+            continue
+        name = mount.device
+        if name not in ctx.lvm_names:
+            return None
+        if name.startswith("/dev/mapper/"):
+            return name
+        vg, lv = name.removeprefix("/dev/").split("/", 1)
+        return f"/dev/mapper/{dm_name(vg, lv)}"
+    return None
+
+
+def lvm_root_dropin(ctx: RepairContext) -> str | None:
+    """What grub-mkconfig must be told when / (or /boot) is an LV, or None.
+
+    grub-probe knows an LV only by asking device-mapper, which a sandbox (and
+    a host without device-mapper, where the LV is a loop device at its
+    byte range) cannot answer: it reports the loop device, and grub-mkconfig
+    writes ``root=UUID=`` (which Debian's initramfs does not activate an LV
+    for), menu entries named after ``/dev/loopN``, and, for a /boot on the
+    LV, ``loopback loopN /loopMpK``. grub-mkconfig computes ``GRUB_DEVICE``
+    and friends before it sources ``/etc/default/grub.d/*.cfg``, so a drop-in
+    there sets them to what a device-mapper host computes: the LV's
+    ``/dev/mapper`` name, and no filesystem UUID for the root, so that
+    10_linux writes ``root=/dev/mapper/VG-LV`` as it does for an LV.
+    Only for a grub-mkconfig that reads that directory (Debian's does).
+    """
+    root = _dm_device(ctx, "/")
+    boot = (
+        _dm_device(ctx, "/boot")
+        if any(m.mountpoint == "/boot" for m in ctx.g.guest_mounts())
+        else root
+    )
+    if root is None and boot is None:
+        return None
+    if not any(_sources_grub_d(ctx, path) for path in MKCONFIGS):
+        return None
+    lines = [
+        "# vmcraft: for one grub-mkconfig run on a conversion host, removed after it.",
+        "# grub-probe sees the LV as the host's loop device; these are the names a",
+        "# host with device-mapper gives it.",
+    ]
+    if root is not None:
+        lines += [f"GRUB_DEVICE={root}", "GRUB_DEVICE_UUID=", "GRUB_DEVICE_PARTUUID="]
+    if boot is not None:
+        lines.append(f"GRUB_DEVICE_BOOT={boot}")
+    return "\n".join(lines) + "\n"
+
+
+def _sources_grub_d(ctx: RepairContext, path: str) -> bool:
+    try:
+        if not ctx.g.is_file(path, followsymlinks=True):
+            return False
+        return b"default/grub.d/" in ctx.g.read_file(path)
+    except GuestFileError:
+        return False
+
+
 # -- the fix-boot steps ----------------------------------------------------
 
 
@@ -154,12 +242,21 @@ class BootloaderRepair:
         return [ctx.layout.bootloader_cmd]
 
     def fix(self, ctx: RepairContext, findings: list[Finding], report: StepReport) -> None:
-        ctx.require_journal(self.step).keep(ctx.layout.grub_cfg, self.step.value)
-        report.attempts.append(
-            run_guest_command(
-                ctx.g, ctx.layout.bootloader_cmd, mounts=True, env=ctx.env, timeout=ctx.timeout
+        journal = ctx.require_journal(self.step)
+        journal.keep(ctx.layout.grub_cfg, self.step.value)
+        dropin = lvm_root_dropin(ctx)
+        if dropin is not None:
+            journal.make_dirs(posixpath.dirname(LVM_DROPIN), self.step.value)
+            journal.write(LVM_DROPIN, dropin, self.step.value)
+        try:
+            report.attempts.append(
+                run_guest_command(
+                    ctx.g, ctx.layout.bootloader_cmd, mounts=True, env=ctx.env, timeout=ctx.timeout
+                )
             )
-        )
+        finally:
+            if dropin is not None:
+                journal.discard(LVM_DROPIN)
 
     def check(self, ctx: RepairContext, started: float) -> list[Check]:
         layout = ctx.layout
