@@ -29,8 +29,17 @@ def matrix(session: nox.Session) -> None:
         "",
         "tests/e2e/test_vmware_guests_baseline.py",
         "tests/e2e/test_vmware_repair.py",
+        "tests/e2e/test_vmware_repair_lvm.py",
+        "tests/e2e/test_vmware_repair_nic.py",
         *session.posargs,
     )
+
+
+@nox.session(name="matrix-table")
+def matrix_table(session: nox.Session) -> None:
+    """The boot matrix as one table: guest x hardware x before/after (needs root; ~40 min)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.matrix", *session.posargs)
 
 
 @nox.session

@@ -6,8 +6,8 @@ both). Here a copy gets ``vmcraft fix-boot IMAGE`` with no options, in the
 sandbox; then ``vmcraft check`` finds nothing, a second run changes
 nothing, and the guest boots to ``login:`` on virtio-blk and on VMware's
 PVSCSI, under qemu (software emulation); the UEFI guest with fresh OVMF
-variables, as after a migration. ``REPAIRS`` is the set the repair works
-for today; the LVM and tools guests are the next steps (see the issue).
+variables, as after a migration. The LVM guest and the NIC guest have
+files of their own (test_vmware_repair_lvm.py, test_vmware_repair_nic.py).
 """
 
 from __future__ import annotations
