@@ -89,14 +89,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", action="append", default=[], help="guest names (repeatable)")
+    parser.add_argument(
+        "--hardware",
+        action="append",
+        default=[],
+        choices=[h.name for h in HARDWARE],
+        help="only these columns (repeatable; default: all)",
+    )
     args = parser.parse_args()
+    hardware_set = tuple(h for h in HARDWARE if not args.hardware or h.name in args.hardware)
     cells: list[Cell] = []
     specs = [s for s in ALL_SPECS if not args.only or s.name in args.only]
     with tempfile.TemporaryDirectory(prefix="vmcraft-matrix-", dir="/var/tmp") as tmp:
         for spec in specs:
             facts = vmware_guest_facts(spec)
             before = writable_copy(facts.raw, Path(tmp) / f"{spec.name}-before.raw")
-            for hardware in HARDWARE:
+            for hardware in hardware_set:
                 cells.append(_boot(spec, before, hardware, "before"))
                 print(cells[-1], file=sys.stderr)
             before.unlink()
@@ -109,21 +117,21 @@ def main() -> int:
                 check=False,
             )
             repaired = done.returncode == 0
-            for hardware in HARDWARE:
+            for hardware in hardware_set:
                 if repaired:
                     cells.append(_boot(spec, after, hardware, "after"))
                 else:
                     cells.append(Cell(spec.name, hardware.name, "after", "fix-boot failed", 0.0))
                 print(cells[-1], file=sys.stderr)
             after.unlink()
-    print_table(cells)
+    print_table(cells, hardware_set)
     if args.json:
         args.json.write_text(json.dumps([dataclasses.asdict(c) for c in cells], indent=1) + "\n")
     return 0
 
 
-def print_table(cells: list[Cell]) -> None:
-    names = [h.name for h in HARDWARE]
+def print_table(cells: list[Cell], hardware: tuple[Hardware, ...] = HARDWARE) -> None:
+    names = [h.name for h in hardware]
     head = " | ".join(f"{n} {w}" for w in ("before", "after") for n in names)
     print(f"| guest | {head} |")
     print("|---" * (1 + 2 * len(names)) + "|")
