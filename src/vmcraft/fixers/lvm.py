@@ -47,6 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vmcraft.errors import GuestFileError, VMCraftError
+from vmcraft.fixers import lines as textlines
 from vmcraft.fixers.step import Finding, RepairContext, Step, findings_as_checks
 from vmcraft.report import Check, Rewrite, StepReport
 
@@ -218,17 +219,13 @@ def _value(code: list[str], line: int, col: int) -> tuple[tuple[str, ...], tuple
     return None
 
 
-def _commented(line: str, note: str | None) -> str:
-    body, cr = (line[:-1], "\r") if line.endswith("\r") else (line, "")
-    return f"#{body}" + (f"  # vmcraft: {note}" if note else "") + cr
-
-
 def _relaxed(lines: list[str], a: _Assignment) -> tuple[list[str], str]:
     """``lines`` with assignment ``a`` made harmless, and how (for the finding)."""
     (first, start), (last, end) = a.start, a.end
     if not lines[first][:start].strip() and not _code(lines[last][end:]).strip():
         commented = [
-            _commented(lines[i], _NOTE if i == first else None) for i in range(first, last + 1)
+            textlines.commented(lines[i], _NOTE if i == first else None)
+            for i in range(first, last + 1)
         ]
         return [*lines[:first], *commented, *lines[last + 1 :]], "becomes a comment"
     # It shares a line with other settings (``devices { filter = [...] }``):

@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 
 from vmcraft.disks.names import DeviceTable, drive_letters
 from vmcraft.errors import GuestFileError
+from vmcraft.fixers import lines as textlines
 from vmcraft.fixers.step import Device, Finding, RepairContext, Step, findings_as_checks
 from vmcraft.report import Check, Rewrite, StepReport
 
@@ -253,23 +254,6 @@ class _File:
     grubenv: bool = False
 
 
-def _decode(data: bytes) -> tuple[str, bool]:
-    try:
-        return data.decode(), True
-    except UnicodeDecodeError:
-        return data.decode(errors="surrogateescape"), False
-
-
-def _shown(line: str) -> str:
-    """A line as the report shows it (no CR; odd bytes replaced)."""
-    return line.rstrip("\r").encode(errors="surrogateescape").decode(errors="replace")
-
-
-def _active(line: str) -> bool:
-    stripped = line.strip()
-    return bool(stripped) and not stripped.startswith("#")
-
-
 _CMDLINE_ARG = re.compile(r"""(?<![^\s"'])(root|resume)=([^\s"']+)""")
 
 
@@ -298,7 +282,7 @@ _OPTIONAL = frozenset({"nofail", "noauto"})
 def _fstab_refs(f: _File) -> None:
     for i, line in enumerate(f.lines):
         fields = line.split()
-        if not _active(line) or len(fields) < 3 or not controller_dependent(fields[0]):
+        if not textlines.active(line) or len(fields) < 3 or not controller_dependent(fields[0]):
             continue
         m = _FIRST.match(line)
         assert m is not None  # noqa: S101 - an active line has a first field
@@ -320,7 +304,7 @@ def _fstab_refs(f: _File) -> None:
 def _crypttab_refs(f: _File) -> None:
     for i, line in enumerate(f.lines):
         fields = line.split()
-        if not _active(line) or len(fields) < 2 or not controller_dependent(fields[1]):
+        if not textlines.active(line) or len(fields) < 2 or not controller_dependent(fields[1]):
             continue
         m = _SECOND.match(line)
         assert m is not None  # noqa: S101 - two fields
@@ -365,7 +349,7 @@ def _bls_refs(f: _File) -> None:
 
 def _kernel_cmdline_refs(f: _File) -> None:
     for i, line in enumerate(f.lines):
-        if _active(line):
+        if textlines.active(line):
             f.refs += _cmdline_refs(line, i, "kernel cmdline")
 
 
@@ -378,7 +362,7 @@ def _grubenv_refs(f: _File) -> None:
 def _device_map(f: _File) -> None:
     for line in f.lines:
         m = _DEVICE_MAP.match(line)
-        if m and _active(line) and controller_dependent(m.group(2)):
+        if m and textlines.active(line) and controller_dependent(m.group(2)):
             f.remove.append(
                 Finding(
                     Step.NAMES,
@@ -425,11 +409,6 @@ def _grub_disables(files: list[_File]) -> None:
         comment_out("GRUB_DISABLE_LINUX_UUID", _LINUX_UUID_NOTE)
 
 
-def _commented(line: str, note: str) -> str:
-    body, cr = (line[:-1], "\r") if line.endswith("\r") else (line, "")
-    return f"#{body}  # vmcraft: {note}{cr}"
-
-
 # -- the survey -------------------------------------------------------------
 
 
@@ -463,7 +442,7 @@ class _Survey:
             data = self.g.read_file(real)
         except GuestFileError:
             return None
-        text, strict = _decode(data)
+        text, strict = textlines.decode(data)
         if grubenv:
             body = text.rstrip("#")
             if not text.startswith(_GRUBENV_HEADER) or not body.endswith("\n"):
@@ -531,10 +510,10 @@ def _plan_file(f: _File, resolver: _Resolver) -> _Plan:
             line = line[:start] + spec + line[end:]
         lines[i] = line
     for i, (what, note) in sorted(f.comment_out.items()):
-        lines[i] = _commented(lines[i], note)
+        lines[i] = textlines.commented(lines[i], note)
         findings.append(Finding(Step.NAMES, what, f.path, "becomes a comment"))
     rewrites = [
-        Rewrite(f.path, _shown(old), _shown(new))
+        Rewrite(f.path, textlines.shown(old), textlines.shown(new))
         for old, new in zip(f.lines, lines, strict=True)
         if old != new
     ]

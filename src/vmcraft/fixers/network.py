@@ -76,6 +76,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vmcraft.errors import GuestFileError, NicPinError
+from vmcraft.fixers import lines as textlines
 from vmcraft.fixers.step import Finding, RepairContext, Step, findings_as_checks
 from vmcraft.report import Check, Rewrite, StepReport
 
@@ -267,27 +268,6 @@ class _File:
         self.findings.append(Finding(Step.NETWORK, what, self.path, detail, fixable=fixable))
 
 
-def _decode(data: bytes) -> tuple[str, bool]:
-    try:
-        return data.decode(), True
-    except UnicodeDecodeError:
-        return data.decode(errors="surrogateescape"), False
-
-
-def _shown(line: str) -> str:
-    return line.rstrip("\r").encode(errors="surrogateescape").decode(errors="replace")
-
-
-def _commented(line: str, note: str) -> str:
-    body, cr = (line[:-1], "\r") if line.endswith("\r") else (line, "")
-    return f"#{body}  # vmcraft: {note}{cr}"
-
-
-def _active(line: str, comments: str = "#") -> bool:
-    stripped = line.strip()
-    return bool(stripped) and not stripped.startswith(tuple(comments))
-
-
 COMMENTED = "becomes a comment"
 STALE = "a MAC address a NIC on KVM does not have"
 
@@ -317,7 +297,7 @@ def _udev_rules(f: _File, pins: _Pins) -> None:
     stale = []
     active = 0
     for i, line in enumerate(f.lines):
-        if not _active(line):
+        if not textlines.active(line):
             continue
         active += 1
         address, name = _UDEV_ADDRESS.search(line), _UDEV_NAME.search(line)
@@ -387,7 +367,7 @@ class _YamlLine:
 def _yaml_lines(f: _File) -> list[_YamlLine]:
     out = []
     for i, line in enumerate(f.lines):
-        if not _active(line):
+        if not textlines.active(line):
             continue
         m = _YAML_KEY.match(line)
         if m:
@@ -417,7 +397,7 @@ def _children(lines: list[_YamlLine], at: int) -> list[_YamlLine]:
 
 
 def _netplan(f: _File, pins: _Pins) -> None:
-    if any("macaddress" in line and "{" in line for line in f.lines if _active(line)):
+    if any("macaddress" in line and "{" in line for line in f.lines if textlines.active(line)):
         f.finding(
             "netplan names a MAC address in a flow mapping ({...})",
             "not rewritten: only block mappings are edited",
@@ -480,7 +460,7 @@ def _ini(f: _File, comments: str) -> list[_IniLine]:
     out = []
     section = ""
     for i, line in enumerate(f.lines):
-        if not _active(line, comments):
+        if not textlines.active(line, comments):
             continue
         m = _INI_SECTION.match(line)
         if m:
@@ -599,7 +579,7 @@ class _Survey:
             except GuestFileError:
                 continue
             self.seen.add(real)
-            text, strict = _decode(data)
+            text, strict = textlines.decode(data)
             f = _File(real, text.split("\n"), strict)
             parse(f, self.pins)
             self.files.append(f)
@@ -630,7 +610,7 @@ def _new_text(f: _File) -> str | None:
         return None
     lines = list(f.lines)
     for i, note in f.comment_out.items():
-        lines[i] = _commented(lines[i], note)
+        lines[i] = textlines.commented(lines[i], note)
     return "\n".join(lines)
 
 
@@ -710,7 +690,11 @@ class NetworkRepair:
             if new is None:
                 continue
             rewrites = [
-                Rewrite(f.path, _shown(f.lines[i]), _shown(_commented(f.lines[i], note)))
+                Rewrite(
+                    f.path,
+                    textlines.shown(f.lines[i]),
+                    textlines.shown(textlines.commented(f.lines[i], note)),
+                )
                 for i, note in sorted(f.comment_out.items())
             ]
             if f.strict:
