@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +59,18 @@ def writable_copy(image: Path, target: Path) -> Path:
     subprocess.run(["cp", "--sparse=always", "--", os.fspath(image), os.fspath(target)], check=True)
     target.chmod(0o644)
     return target
+
+
+def vmcraft_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """``python -m vmcraft ARGS`` as a user runs it: output captured, no terminal input."""
+    return subprocess.run(
+        [sys.executable, "-m", "vmcraft", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def launched(path: Path, *, readonly: bool = True) -> VMCraft:

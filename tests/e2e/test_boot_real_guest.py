@@ -9,14 +9,12 @@ Software emulation (no KVM here); each boot is bounded.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.boot import boot
-from tests.conftest import CopyImage
+from tests.conftest import CopyImage, vmcraft_cli
 from tests.fixtures.guestdisk import DebianDisk
 from vmcraft.demo.run import break_boot_like_vmware
 
@@ -29,16 +27,6 @@ OUTCOMES = {
     "kernel panic": r"Kernel panic",
 }
 BOOT_TIMEOUT = 240
-
-
-def vmcraft_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmcraft", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw"])

@@ -19,22 +19,12 @@ import psutil
 import pytest
 
 from tests.conftest import CopyImage
+from tests.conftest import vmcraft_cli as vmcraft
 from tests.leaks import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "report-schema.json").read_text())
-
-
-def vmcraft(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmcraft", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def findings(image: Path) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ import jsonschema
 import psutil
 import pytest
 
-from tests.conftest import CopyImage
+from tests.conftest import CopyImage, vmcraft_cli
 from tests.fixtures.guestdisk import DebianDisk
 from tests.leaks import snapshot
 from vmcraft import VMCraft
@@ -23,17 +23,6 @@ from vmcraft import VMCraft
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "report-schema.json").read_text())
-
-
-def vmcraft_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmcraft", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def sha256(path: Path) -> str:

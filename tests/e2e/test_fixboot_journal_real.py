@@ -11,30 +11,19 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from tests.conftest import CopyImage
+from tests.conftest import vmcraft_cli as vmcraft
 from vmcraft import VMCraft
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("leak_check")]
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "report-schema.json").read_text())
 JOURNAL = "var/lib/vmcraft"
-
-
-def vmcraft(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmcraft", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def contents(image: Path) -> dict[str, tuple[int, str]]:

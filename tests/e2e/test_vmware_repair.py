@@ -13,13 +13,12 @@ files of their own (test_vmware_repair_lvm.py, test_vmware_repair_nic.py).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.boot import KVM_VIRTIO_BLK, KVM_VIRTIO_SCSI, VMWARE_PVSCSI, Hardware, boot
+from tests.conftest import vmcraft_cli as vmcraft
 from tests.conftest import writable_copy
 from tests.fixtures.vmwareguest import (
     BIOS_GPT,
@@ -52,17 +51,6 @@ REPAIRS: dict[GuestSpec, tuple[Hardware, ...]] = {
     UEFI_NO_FALLBACK: (KVM_VIRTIO_BLK, VMWARE_PVSCSI),
     OPEN_VM_TOOLS: (KVM_VIRTIO_SCSI,),
 }
-
-
-def vmcraft(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmcraft", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 # CI repairs (a), (b) and (d); the whole set is `nox -s matrix` (pytest -m matrix).

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from tests.boot import KVM_VIRTIO_BLK, VMWARE_PVSCSI, boot
+from tests.conftest import vmcraft_cli as vmcraft
 from tests.conftest import writable_copy
-from tests.e2e.test_vmware_repair import BOOT_TIMEOUT, OUTCOMES, vmcraft
+from tests.e2e.test_vmware_repair import BOOT_TIMEOUT, OUTCOMES
 from tests.fixtures.vmwareguest import (
     LVM_ROOT,
     list_root_dir,

@@ -20,8 +20,9 @@ import jsonschema
 import pytest
 
 from tests.boot import KVM_VIRTIO_BLK, boot
+from tests.conftest import vmcraft_cli as vmcraft
 from tests.conftest import writable_copy
-from tests.e2e.test_vmware_repair import BOOT_TIMEOUT, OUTCOMES, vmcraft
+from tests.e2e.test_vmware_repair import BOOT_TIMEOUT, OUTCOMES
 from tests.fixtures.vmwareguest import (
     NIC_REPORT_PREFIX,
     VMWARE_NIC,
