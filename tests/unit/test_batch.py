@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from vmcraft import UsageError, cli
 from vmcraft.fixers import batch
 from vmcraft.fixers.batch import BatchResult, fix_boot_many, report_file
 from vmcraft.fixers.fixboot import FixBootOptions
 from vmcraft.signals import terminate_as_interrupt
-
-
-@pytest.fixture(autouse=True)
-def _restore_cli_state() -> Iterator[None]:
-    """main() configures structlog and takes SIGTERM: give the next test its own."""
-    saved = structlog.get_config()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
-    signal.signal(signal.SIGTERM, sigterm)
 
 
 def result(image: str, code: int, *, error: str | None = None, plan: bool = True) -> BatchResult:

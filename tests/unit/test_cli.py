@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
@@ -45,15 +45,6 @@ from vmcraft.report import Attempt, Check, StepReport
 from vmcraft.version import package_version
 
 ProgressFn = Callable[[str, str, float | None], None]
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """main() configures structlog onto the captured stderr; give the next test its own."""
-    saved = structlog.get_config()
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
 
 
 @pytest.fixture

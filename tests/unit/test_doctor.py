@@ -14,11 +14,10 @@ import errno
 import json
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import structlog
 from pytest_mock import MockerFixture
 
 from vmcraft import cli, doctor
@@ -45,15 +44,6 @@ from vmcraft.fixers.fixboot import FixBootReport
 from vmcraft.version import package_version
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """main() configures structlog onto the captured stderr; give the next test its own."""
-    saved = structlog.get_config()
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
 
 
 @pytest.fixture
