@@ -8,7 +8,6 @@ back byte for byte, and a second run finds nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.trees import put, tree_hashes
 from vmcraft.fixers.bootloader.grub import LVM_DROPIN, check_grub_cfg, lvm_root_dropin
 from vmcraft.fixers.fixboot import REPAIRS
 from vmcraft.fixers.initramfs import InitramfsRepair
@@ -58,29 +58,6 @@ DEVICES = """\
 VERSION=1.1.2
 IDTYPE=devname IDNAME=/dev/sda3 DEVNAME=/dev/sda3 PVID=Xk3vQ2qkM0eB1mC4aN7dR9fT2gH5jL8p PART=3
 """
-
-
-def put(root: Path, rel: str, text: str | bytes) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text)
-    return path
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            out[rel] = "-> " + os.readlink(path)
-        elif path.is_file():
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif path.is_dir():
-            out[rel] = "dir"
-    return out
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.trees import put
+from tests.unit.trees import tree_hashes as _all_hashes
 from vmcraft.errors import VMCraftError
 from vmcraft.fixers.journal import Journal
 from vmcraft.fixers.layout import BootLayout
@@ -84,30 +86,13 @@ ONE_DISK = table(
 )
 
 
-def put(root: Path, rel: str, text: str | bytes) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text)
-    return path
-
-
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
     """Every regular file under ``root`` -> its sha256 (symlinks by their target)."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            out[rel] = "-> " + os.readlink(path)
-        elif path.is_file():
-            out[rel] = sha(path)
-    return out
+    return _all_hashes(root, dirs=False)
 
 
 def journal_for(g: Any) -> Journal:

@@ -8,16 +8,15 @@ the journal is shown to put every file back byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from tests.unit.test_fixboot_layouts import debian12
+from tests.unit.trees import put, tree_hashes
 from vmcraft.cli import main
 from vmcraft.errors import ExitCode, NicPinError, VMCraftError, exit_code_for
 from vmcraft.fixers.fixboot import REPAIRS, BootFixer, FixBootOptions
@@ -54,31 +53,6 @@ LAYOUT = BootLayout(
 )
 
 
-def put(root: Path, rel: str, text: str | bytes, mode: int | None = None) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text)
-    if mode is not None:
-        path.chmod(mode)
-    return path
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            out[rel] = "-> " + os.readlink(path)
-        elif path.is_file():
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        elif path.is_dir():
-            out[rel] = "dir"
-    return out
-
-
 def systemd_udev(root: Path) -> None:
     """systemd-udevd with the rules that apply .link files (Debian 12's paths)."""
     put(root, "usr/lib/systemd/systemd-udevd", "")
@@ -87,15 +61,6 @@ def systemd_udev(root: Path) -> None:
         "usr/lib/udev/rules.d/80-net-setup-link.rules",
         'SUBSYSTEM!="net", GOTO="net_setup_link_end"\nIMPORT{builtin}="net_setup_link"\n',
     )
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """main() configures structlog onto the captured stderr; give the next test its own."""
-    saved = structlog.get_config()
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
 
 
 @pytest.fixture

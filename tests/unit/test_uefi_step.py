@@ -8,13 +8,13 @@ UEFI guest, booted with fresh OVMF variables.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.unit.trees import put, tree_hashes
 from vmcraft.fixers.fixboot import REPAIRS
 from vmcraft.fixers.journal import Journal, undo
 from vmcraft.fixers.layout import BootLayout
@@ -45,20 +45,6 @@ STUB = (
     "search --no-floppy --fs-uuid --set=dev 1234\n"
     "set prefix=($dev)/grub2\nconfigfile $prefix/grub.cfg\n"
 )
-
-
-def put(root: Path, rel: str, content: bytes) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-
-
-def tree(root: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-    return out
 
 
 @pytest.fixture
@@ -169,12 +155,12 @@ def test_rollback_and_undo_take_the_loader_and_its_directory_away(
     for name in ("shimx64.efi", "grubx64.efi"):
         put(tmp_path, f"boot/efi/EFI/debian/{name}", name.encode())
     (tmp_path / "var/lib").mkdir(parents=True)  # every guest has it; the journal goes below
-    before = tree(tmp_path)
+    before = tree_hashes(tmp_path)
     c = ctx(g)
     fix(c)
     assert c.journal is not None
     restored = c.journal.rollback()
-    assert tree(tmp_path) == before
+    assert tree_hashes(tmp_path) == before
     assert {r.path for r in restored} >= {"/boot/efi/EFI/BOOT", "/boot/efi/EFI/BOOT/BOOTX64.EFI"}
 
     c = ctx(g)
@@ -182,7 +168,7 @@ def test_rollback_and_undo_take_the_loader_and_its_directory_away(
     assert c.journal is not None
     c.journal.finish()
     undo(g)
-    assert tree(tmp_path) == before
+    assert tree_hashes(tmp_path) == before
 
 
 def test_the_step_runs_last_in_fix_boot() -> None:
